@@ -1,0 +1,7 @@
+"""Interactive layer of the workbench, imported as ``workbench.widgets``.
+
+Thin views over the core objects in :mod:`workbench`: no maths lives here.
+"""
+from workbench.widgets.designer import ScheduleDesigner
+
+__all__ = ["ScheduleDesigner"]
