@@ -3,5 +3,6 @@
 Thin views over the core objects in :mod:`workbench`: no maths lives here.
 """
 from workbench.widgets.designer import ScheduleDesigner
+from workbench.widgets.live import LiveTraining
 
-__all__ = ["ScheduleDesigner"]
+__all__ = ["ScheduleDesigner", "LiveTraining"]

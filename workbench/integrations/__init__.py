@@ -1,1 +1,1 @@
-"""workbench.integrations"""
+"""Bridges to other training stacks (transformers ``Trainer``)."""

@@ -1,0 +1,25 @@
+"""Data for training runs: built-in corpora, tokenizers, packed blocks and a batch loader.
+
+Everything is local: the ``stdlib`` and ``docs`` corpora come from the running Python
+installation, BPE tokenizers are trained on this machine, user data is read offline
+with ``datasets``. On-disk cache: ``$WORKBENCH_CACHE`` or ``~/.cache/workbench``.
+
+Example::
+
+    >>> from workbench.data import load_blocks, BlockLoader
+    >>> blocks = load_blocks("stdlib", block_size=32, max_tokens=5_000)
+    >>> x, y = next(BlockLoader(blocks, batch_size=8, seed=0))
+    >>> tuple(x.shape), tuple(y.shape)
+    ((8, 32), (8, 32))
+"""
+from .blocks import load_blocks, load_documents, token_stream
+from .corpora import corpus_stats, list_corpora, load_corpus
+from .loader import BlockLoader, eval_batches
+from .tokenizer import BPETokenizer, ByteTokenizer, get_tokenizer
+
+__all__ = [
+    "list_corpora", "load_corpus", "corpus_stats",
+    "ByteTokenizer", "BPETokenizer", "get_tokenizer",
+    "load_blocks", "load_documents", "token_stream",
+    "BlockLoader", "eval_batches",
+]
