@@ -214,7 +214,130 @@ def _runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_schedule, _add_train, _add_runs]
+def _add_assets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("assets", help="list or regenerate the bundled run logs and pretrained checkpoint")
+    asub = p.add_subparsers(dest="assets_cmd", required=True, metavar="{list,make}")
+    ls = asub.add_parser("list", help="show the bundled runs and checkpoint")
+    ls.set_defaults(func=_assets_list)
+    mk = asub.add_parser("make", help="retrain the bundled artefacts (~1 h on a 2-core CPU)")
+    mk.add_argument("--out", default=None, help="output folder (default: the package's assets folder)")
+    mk.add_argument("--only", nargs="+", default=None, help="only these runs (e.g. cosine wsd20)")
+    mk.add_argument("--no-runs", action="store_true", help="skip the schedule runs")
+    mk.add_argument("--no-pretrained", action="store_true", help="skip the pretrained checkpoint")
+    mk.set_defaults(func=_assets_make)
+
+
+def _assets_list(args: argparse.Namespace) -> int:
+    from workbench import assets
+
+    for name in assets.RUNS:
+        try:
+            d = assets.run_dir(name)
+            print(f"run {name:10s} {d}  {assets.RUNS[name].to_python()}")
+        except FileNotFoundError:
+            print(f"run {name:10s} missing (workbench assets make --only {name})")
+    try:
+        print(f"pretrained     {assets.pretrained_dir()}")
+    except FileNotFoundError:
+        print("pretrained     missing (workbench assets make --no-runs)")
+    return 0
+
+
+def _assets_make(args: argparse.Namespace) -> int:
+    from workbench import assets
+
+    out = assets.make_assets(args.out, runs=not args.no_runs, pretrained=not args.no_pretrained, only=args.only)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- curves (loss-curve laws)
+def _add_curves(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curves", help="fit loss-curve laws to runs and predict other schedules",
+                       description="Fit the annealing or multi-power loss law jointly to training curves "
+                                   "(CSV step,lr,loss; run logs .jsonl or run directories; W&B .json; "
+                                   "TensorBoard event files) and score its predictions on other runs.")
+    csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict}")
+    f = csub.add_parser("fit", help="fit a law to one or more loss curves, write FIT.json")
+    f.add_argument("train", nargs="+", metavar="TRAIN", help="loss logs with different schedules")
+    f.add_argument("--law", choices=("annealing", "multipower"), default="multipower", help="[multipower]")
+    f.add_argument("--out", required=True, metavar="FIT.json", help="where to write the fitted law")
+    f.add_argument("--loss-key", help="column/key of the loss to fit [val_loss if present, else loss]")
+    f.add_argument("--lam", type=float, default=0.999, help="annealing law: decay factor lambda [0.999]")
+    f.add_argument("--fit-lam", action="store_true", help="annealing law: fit lambda instead of fixing it")
+    f.add_argument("--seed", type=int, default=0, help="seed of the random restarts [0]")
+    f.add_argument("--no-validate", action="store_true",
+                   help="skip the leave-one-curve-out choice of early stopping (fit to convergence)")
+    f.set_defaults(func=_curves_fit)
+    pr = csub.add_parser("predict", help="score a fitted law's predictions on other loss curves")
+    pr.add_argument("fit", metavar="FIT.json", help="written by `workbench curves fit`")
+    pr.add_argument("test", nargs="+", metavar="TEST", help="loss logs to predict")
+    pr.add_argument("--loss-key", help="column/key of the loss [val_loss if present, else loss]")
+    pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    pr.set_defaults(func=_curves_predict)
+
+
+_METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
+
+
+def _curves_fit(args: argparse.Namespace) -> int:
+    from workbench import curves, laws
+
+    train = [curves.read_curve(path, loss_key=args.loss_key) for path in args.train]
+    fitted = laws.fit(train, law=args.law, lam=None if args.fit_lam else args.lam, seed=args.seed,
+                      validate=False if args.no_validate else None)
+    fitted.save(args.out)
+    info = fitted.info
+    print(f"{args.law} law fitted to {len(train)} curve(s), {info['n_points']} points, in {info['time_s']:.2f} s")
+    for k, v in fitted.params.items():
+        print(f"  {k:6s} {v:.6g}")
+    t = info["train"]
+    print(f"  train: r2 {t['r2']:.5f}, mean rel. error {100 * t['pred_err']:.3f}%, worst {100 * t['worst_err']:.3f}%")
+    val = info.get("validation", {})
+    if val.get("method", "none") != "none":
+        print(f"  early stopping by leave-one-curve-out: {val['chosen_max_nfev']} evaluations")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _curves_predict(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from workbench import curves, laws
+
+    fitted = laws.FittedLaw.load(args.fit)
+    rows, preds, ys = [], [], []
+    for path in args.test:
+        c = curves.read_curve(path, loss_key=args.loss_key)
+        keep = c.steps >= c.warmup
+        if not keep.any():
+            raise ValueError(f"{path}: no losses after the warmup ({c.warmup} steps) to score")
+        pred = fitted.predict(c.lrs, c.steps[keep], warmup_steps=c.warmup)
+        m = laws.metrics(pred, c.losses[keep])
+        rows.append({"file": path, **{k: m[k] for k in _METRICS}, "_n": m["n"]})
+        preds.append(pred)
+        ys.append(c.losses[keep])
+    pooled = laws.metrics(np.concatenate(preds), np.concatenate(ys))
+    overall = {k: pooled[k] for k in _METRICS}
+    if args.json:
+        clean = [{k: v for k, v in r.items() if k != "_n"} for r in rows]
+        print(json.dumps(laws._json_safe({"curves": clean, "overall": overall})))
+        return 0
+    head = ["file", "points", "r2", "mae", "rmse", "mean err %", "worst err %"]
+    cells = [head] + [[r["file"], str(r["_n"]), f"{r['r2']:.5f}", f"{r['mae']:.5f}", f"{r['rmse']:.5f}",
+                       f"{100 * r['pred_err']:.3f}", f"{100 * r['worst_err']:.3f}"] for r in rows]
+    cells.append(["overall", str(pooled["n"]), f"{overall['r2']:.5f}", f"{overall['mae']:.5f}",
+                  f"{overall['rmse']:.5f}", f"{100 * overall['pred_err']:.3f}", f"{100 * overall['worst_err']:.3f}"])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    print(f"{fitted.law} law from {args.fit}")
+    for row in cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    return 0
+
+
+COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves]
 
 
 def build_parser() -> argparse.ArgumentParser:

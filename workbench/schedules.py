@@ -462,7 +462,8 @@ class Multistep(Schedule):
             _check_number(f"factors[{i}]", f, low=0.0)
         steps = self.milestone_steps
         if any(b <= a for a, b in zip(steps, steps[1:])):
-            raise ValueError(f"milestones must increase, got {list(self.milestones)}")
+            raise ValueError(f"milestones must increase, got {list(self.milestones)} (steps {steps} at "
+                             f"total_steps={n}); use a longer run or give milestones as increasing steps")
         if steps and (steps[0] < w or steps[-1] > n):
             raise ValueError(f"milestones must lie in [warmup_steps={w}, total_steps={n}], got steps {steps}")
 

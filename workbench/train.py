@@ -1,0 +1,786 @@
+"""The trainer: one readable loop from a model, data, an optimizer and a Schedule to a run.
+
+A run is configured by a :class:`TrainConfig` and lives in a run directory:
+
+* ``config.json``      - the configuration (the schedule as its ``to_dict()``), enough to resume;
+* ``log.jsonl``        - one JSON line per optimizer step, appended and flushed as it goes;
+* ``model.safetensors``, ``state.pt`` - the last checkpoint (see :mod:`workbench.checkpoint`);
+* ``summary.json``     - final/best losses, time to target, throughput (written at the end).
+
+Step convention: the event (and log line) with ``"step": t`` is emitted after the (t+1)-th
+``optimizer.step()``; its ``lr`` is the LR that update used (``schedule(t)``), its ``loss`` the
+training loss of the batch that produced it, and ``val_loss`` (present at evaluation steps) the
+held-out loss of the model after those t+1 updates. Evaluation runs after every step with
+``(t + 1) % eval_interval == 0`` and after the last step, on the first ``eval_batches`` global
+batches of the val split (the same rows whatever the number of ranks or micro-steps). A resumed
+run appends to the same log and repeats the steps logged after its last checkpoint; readers keep
+the last line per step (:func:`workbench.runlog.read_run_log` with ``dedupe=True``).
+
+Event keys: ``step, tokens, lr, loss, grad_norm, update_norm, tokens_per_s, peak_mem, time`` and
+``val_loss`` at evaluation steps. ``grad_norm`` is the global L2 norm before clipping,
+``update_norm`` is ``||theta_after - theta_before||`` (None with ``track_update_norm=False``),
+``time`` the train wall-clock in seconds (evaluation, checkpointing and pauses excluded; it
+carries over a resume), ``tokens`` the tokens seen by all ranks, ``peak_mem`` bytes (CUDA max
+allocated, else the process's peak RSS), ``tokens_per_s`` this step's throughput.
+
+Subscribers (callables taking the event dict) are called after each step; a subscriber that
+raises is removed with a warning, the run goes on. ``stop_event`` (a ``threading.Event``) ends the
+run after the current step with a checkpoint; ``pause_event`` holds it between steps. That is
+how a notebook trains in a background thread under a live widget. ``Trainer.iter_run()`` is the
+loop as a generator, for driving a run step by step. A NaN/inf loss or gradient norm raises
+:class:`TrainingDiverged` before the update is applied, after checkpointing the last good step.
+
+Multi-GPU: run the same script under ``torchrun``; WORLD_SIZE/RANK/LOCAL_RANK select DDP
+(nccl on CUDA, gloo on CPU), every rank reads its slice of each global batch, and only rank 0
+writes files, calls subscribers and draws the progress bar. ``batch_size`` is per rank.
+``stop_event``/``pause_event`` are for single-process runs (a notebook); a DDP run stops at
+``steps`` or when killed, and resumes from its checkpoint (a shared run directory for multi-node).
+
+Example:
+    >>> from workbench.train import TrainConfig, train
+    >>> cfg = TrainConfig(model="tiny", data="stdlib", steps=3, lr=3e-3, batch_size=2, seq_len=16,
+    ...                   max_tokens=4000, eval_batches=1, progress=False)
+    >>> summary = train(cfg)          # no run_dir: nothing is written
+    >>> summary["status"], summary["steps"], summary["tokens"]
+    ('completed', 3, 96)
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import resource
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .runlog import RunLog, read_json, write_json_atomic
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
+           "build_optimizer", "resolve_schedule", "run_summary", "ProgressBar", "EVENT_KEYS"]
+
+EVENT_KEYS = ("step", "tokens", "lr", "loss", "grad_norm", "update_norm", "tokens_per_s", "peak_mem", "time")
+CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "log.jsonl", "summary.json"
+_OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the last good step was checkpointed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in the run directory).
+
+    ``schedule`` is a family name (then ``lr`` is the peak, ``steps`` the horizon and
+    ``warmup_steps``/``schedule_kwargs`` go to ``schedules.make``), a ``Schedule``, or its
+    ``to_dict()``; a given schedule's ``total_steps`` is the horizon and ``steps`` (default: the
+    horizon) only where this run stops, so a run can be cut short and resumed.
+    ``batch_size`` is per rank and per micro-step: a step sees
+    ``batch_size * grad_accum * world_size`` sequences of ``seq_len`` tokens.
+
+    Example:
+        >>> cfg = TrainConfig(model="tiny", steps=100, schedule="cosine", lr=1e-3, warmup_steps=10)
+        >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    model: str = "tiny"
+    data: Any = "stdlib"
+    tokenizer: str = "byte"
+    run_dir: str | None = None
+    steps: int | None = None
+    schedule: Any = "cosine"
+    lr: float = 3e-3
+    warmup_steps: int = 0
+    schedule_kwargs: dict = field(default_factory=dict)
+    optimizer: Any = "adamw"
+    weight_decay: float | None = None      # None: 0.1 for adamw, 0 otherwise (matrices/embeddings only)
+    optimizer_kwargs: dict = field(default_factory=dict)
+    batch_size: int = 8
+    seq_len: int = 128
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    eval_interval: int = 100               # 0: evaluate only after the last step
+    eval_batches: int = 20                 # global batches of val data per evaluation; 0: no evaluation
+    checkpoint_interval: int = 500         # 0: checkpoint only at the end
+    target_val_loss: float | None = None
+    max_tokens: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"                    # "auto" = bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False
+    track_update_norm: bool = True         # False skips the per-step copy of the weights (update_norm None)
+    progress: bool = True
+
+    def __post_init__(self):
+        def positive_int(name, value, low=1):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+        for name in ("batch_size", "seq_len", "grad_accum"):
+            positive_int(name, getattr(self, name))
+        for name in ("eval_interval", "eval_batches", "checkpoint_interval", "warmup_steps", "seed"):
+            positive_int(name, getattr(self, name), low=0)
+        if self.steps is not None:
+            positive_int("steps", self.steps)
+        if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+        if self.grad_clip is not None and not (self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0 or None (no clipping), got {self.grad_clip!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        if isinstance(self.optimizer, str) and self.optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}, "
+                             "or pass a callable params -> optimizer or an optimizer instance")
+        if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
+            raise ValueError(f"target_val_loss must be a finite number or None, got {self.target_val_loss!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict; Python objects (a model, a callable optimizer) become ``"<python: Type>"``."""
+        from .schedules import Schedule
+
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Schedule):
+                v = v.to_dict()
+            elif not isinstance(v, (str, int, float, bool, dict, list, type(None))):
+                v = f"<python: {type(v).__name__}>"
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+def load_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The ``TrainConfig`` saved in a run directory's ``config.json``."""
+    path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist: {run_dir!r} is not a workbench run directory")
+    return TrainConfig.from_dict(read_json(path))
+
+
+def resolve_schedule(config: TrainConfig):
+    """The run's ``Schedule``: from a family name (+ lr, steps, warmup_steps), a dict or a Schedule."""
+    from . import schedules
+
+    s = config.schedule
+    if isinstance(s, schedules.Schedule):
+        return s
+    if isinstance(s, dict):
+        return schedules.schedule_from_dict(s)
+    if isinstance(s, str):
+        if config.steps is None:
+            raise ValueError(f"schedule {s!r} is a family name, so steps= (the horizon) is required; "
+                             "or pass a Schedule / SPEC dict that sets total_steps")
+        kwargs = dict(config.schedule_kwargs)
+        if config.warmup_steps:
+            kwargs["warmup_steps"] = config.warmup_steps
+        try:
+            return schedules.make(s, peak_lr=config.lr, total_steps=config.steps, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"schedule family {s!r} does not take these arguments ({exc}); "
+                             "see help(workbench.schedules)") from None
+    raise ValueError(f"schedule must be a family name, a Schedule or its to_dict(), got {type(s).__name__}")
+
+
+def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """An optimizer from a name ("adamw", "adam", "sgd"), a callable ``params -> optimizer`` or an instance.
+
+    Named optimizers decay only matrices and embeddings (``p.dim() >= 2``), nanoGPT-style;
+    ``config.optimizer_kwargs`` is passed through (e.g. ``{"betas": (0.9, 0.99)}``).
+    The learning rate is set by the schedule, whatever the optimizer was built with.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(spec, torch.optim.Optimizer):
+        owned = {id(p) for p in params}
+        if any(id(p) not in owned for g in spec.param_groups for p in g["params"]):
+            raise ValueError("the optimizer instance holds parameters that are not this model's; "
+                             "build it from model.parameters() or pass a callable params -> optimizer")
+        return spec
+    if callable(spec) and not isinstance(spec, str):
+        opt = spec(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ValueError(f"the optimizer callable returned {type(opt).__name__}, not a torch optimizer")
+        return opt
+    name = str(spec).lower()
+    if name not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec!r}; use one of {', '.join(_OPTIMIZERS)}")
+    wd = config.weight_decay if config.weight_decay is not None else (0.1 if name == "adamw" else 0.0)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    kw = dict(config.optimizer_kwargs)
+    if name == "adamw":
+        kw.setdefault("betas", (0.9, 0.95))
+        kw["betas"] = tuple(kw["betas"])
+        fused_ok = all(p.is_cuda and p.is_floating_point() for p in params)
+        if fused_ok:
+            kw.setdefault("fused", True)
+        return torch.optim.AdamW(groups, lr=config.lr, **kw)
+    if name == "adam":
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return torch.optim.Adam(groups, lr=config.lr, **kw)
+    kw.setdefault("momentum", 0.9)
+    return torch.optim.SGD(groups, lr=config.lr, **kw)
+
+
+class ProgressBar:
+    """A subscriber drawing a tqdm.auto bar (loss, lr, last val_loss in the postfix)."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "train"):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+        self.val = None
+
+    def __call__(self, event: dict) -> None:
+        if "val_loss" in event:
+            self.val = event["val_loss"]
+        post = {"loss": f"{event['loss']:.4f}", "lr": f"{event['lr']:.2e}"}
+        if self.val is not None:
+            post["val"] = f"{self.val:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _peak_mem(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class _FrozenState:
+    """Stands in for a loader whose state was snapshotted before a step."""
+
+    def __init__(self, state: dict):
+        self._state = dict(state)
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+
+class Trainer:
+    """A training run. Build it, then ``run()`` (also from a background thread).
+
+    ``model`` (an ``nn.Module``), ``train_data`` (blocks ``[n, seq_len+1]`` or a ``BlockLoader``),
+    ``val_data`` (blocks) and ``optimizer`` (name, callable or instance) override the config for
+    notebook use. ``resume=True`` continues the run in ``config.run_dir`` from its checkpoint.
+    ``stop_event`` / ``pause_event`` (``threading.Event``) stop with a checkpoint / pause.
+
+    Example:
+        >>> cfg = TrainConfig(steps=2, batch_size=2, seq_len=16, max_tokens=4000, progress=False)
+        >>> trainer = Trainer(cfg)                              # doctest: +SKIP
+        >>> trainer.subscribe(lambda e: print(e["step"], round(e["loss"], 1)))  # doctest: +SKIP
+        >>> trainer.run()["status"]                             # doctest: +SKIP
+        0 5.6
+        1 5.3
+        'completed'
+    """
+
+    def __init__(self, config: TrainConfig | None = None, *, model: torch.nn.Module | None = None,
+                 train_data: Any = None, val_data: Any = None, optimizer: Any = None, resume: bool = False,
+                 callbacks: Iterable[Callable[[dict], Any]] = (), stop_event: threading.Event | None = None,
+                 pause_event: threading.Event | None = None):
+        from .data import BlockLoader, get_tokenizer, load_blocks
+
+        # a copy: the trainer records what it was given (e.g. "<python: Model>") without touching yours
+        cfg = self.config = dataclasses.replace(config) if config is not None else TrainConfig()
+        self.run_dir = os.fspath(cfg.run_dir) if cfg.run_dir is not None else None
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
+        self.pause_event = pause_event if pause_event is not None else threading.Event()
+        self.callbacks: list[Callable[[dict], Any]] = list(callbacks)
+        self.history: list[dict] = []
+        self.status = "created"
+
+        # -- distributed and device
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = self._pick_device(cfg.device)
+        self._owns_process_group = False
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+                self._owns_process_group = True
+        self.is_main = self.rank == 0
+        use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+        # -- the run directory: one run per directory
+        if self.run_dir is not None:
+            log_path = os.path.join(self.run_dir, LOG_FILE)
+            if not resume and (os.path.exists(log_path) or ckpt.has_checkpoint(self.run_dir)):
+                raise ValueError(f"{self.run_dir!r} already holds a run ({LOG_FILE} exists); resume it "
+                                 f"(--resume {self.run_dir} / workbench.train.resume) or choose another run dir")
+        elif resume:
+            raise ValueError("resume=True needs config.run_dir, the directory of the run to continue")
+        for name, given in (("model", model), ("data", train_data)):
+            value = getattr(cfg, name)
+            if given is None and isinstance(value, str) and value.startswith("<python:"):
+                raise ValueError(f"this run's {name} was a Python object ({value}); pass it again "
+                                 f"({'model' if name == 'model' else 'train_data'}=...) to resume")
+
+        # -- seeds, schedule, data, model, optimizer
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.schedule = resolve_schedule(cfg)
+        self.stop_step = int(cfg.steps if cfg.steps is not None else self.schedule.total_steps)
+        if self.stop_step > self.schedule.total_steps:
+            warnings.warn(f"steps={self.stop_step} is past the schedule's horizon "
+                          f"({self.schedule.total_steps}); the LR holds its final value after it",
+                          stacklevel=2)
+
+        tok = get_tokenizer(cfg.tokenizer)     # one object for both splits and the vocab size
+        if isinstance(train_data, BlockLoader):
+            self.loader = train_data
+        else:
+            blocks = train_data if train_data is not None else load_blocks(
+                cfg.data, split="train", block_size=cfg.seq_len, tokenizer=tok, max_tokens=cfg.max_tokens)
+            self.loader = BlockLoader(blocks, cfg.batch_size, seed=cfg.seed, shuffle=True,
+                                      rank=self.rank, world_size=self.world_size)
+        if val_data is not None:
+            self.val_blocks = val_data
+        elif train_data is not None or cfg.eval_batches == 0:
+            self.val_blocks = None
+        else:
+            self.val_blocks = load_blocks(cfg.data, split="val", block_size=cfg.seq_len,
+                                          tokenizer=tok, max_tokens=cfg.max_tokens)
+        self.train_iter = iter(self.loader)
+
+        if model is None:
+            from .models import build_model
+
+            model = build_model(cfg.model, vocab_size=tok.vocab_size, seed=cfg.seed, max_seq_len=cfg.seq_len)
+        elif not str(cfg.model).startswith("<python:"):
+            cfg.model = f"<python: {type(model).__name__}>"
+        if train_data is not None and not str(cfg.data).startswith("<python:"):
+            cfg.data = f"<python: {type(train_data).__name__}>"
+        self.raw_model = model.to(self.device)
+        self.raw_model.train()
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(optimizer if optimizer is not None else cfg.optimizer, self.raw_model, cfg)
+        self.scheduler = self.schedule.torch_scheduler(self.optimizer)
+        self.model = self.raw_model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        # buffer for update_norm (one extra copy of the weights)
+        self._before = [p.detach().clone() for p in self.params] if cfg.track_update_norm else None
+        self.n_parameters = sum(p.numel() for p in self.raw_model.parameters())
+        # from the loader itself: a BlockLoader passed in may have its own batch size and block width
+        self.tokens_per_step = (self.loader.batch_size * self.loader.world_size * cfg.grad_accum
+                                * (self.loader.blocks.shape[1] - 1))
+
+        # -- counters (restored on resume)
+        self.step = 0                 # optimizer updates done; the next event has this "step"
+        self.tokens = 0
+        self.train_time = 0.0
+        self.best_val_loss = None
+        self.best_val_step = None
+        self.time_to_target = None
+        self.step_to_target = None
+        self.tokens_to_target = None
+        self.last_loss = None
+        self.last_val_loss = None
+        self._checkpointed_step = None
+        if resume:
+            if ckpt.has_checkpoint(self.run_dir):
+                state = ckpt.load_checkpoint(self.run_dir, self.raw_model, optimizer=self.optimizer,
+                                             scheduler=self.scheduler, loader=self.loader)
+                self.train_iter = iter(self.loader)
+                self.step = int(state["step"])
+                for k, v in state["trainer"].items():
+                    if hasattr(self, k) and k != "step":
+                        setattr(self, k, v)
+                self._checkpointed_step = self.step
+            else:
+                warnings.warn(f"{self.run_dir}: no checkpoint yet, so the run restarts from step 0 "
+                              f"(its log is appended to)", stacklevel=2)
+        if self.run_dir is not None and self.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            write_json_atomic(os.path.join(self.run_dir, CONFIG_FILE),
+                              {**cfg.to_dict(), "schedule": self.schedule.to_dict()})
+
+    # ------------------------------------------------------------------ helpers
+    def _pick_device(self, name: str) -> torch.device:
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cuda" and self.world_size > 1:
+            name = f"cuda:{self.local_rank}"
+        if name.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' but CUDA is not available here; use device='cpu' or 'auto'")
+            dev = torch.device(name)
+            torch.cuda.set_device(dev.index or 0)
+            return torch.device("cuda", dev.index or 0)
+        return torch.device(name)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def subscribe(self, fn: Callable[[dict], Any]) -> Callable[[dict], Any]:
+        """Call ``fn(event)`` after every step (rank 0 only). Returns ``fn``."""
+        self.callbacks.append(fn)
+        return fn
+
+    def _lr_of_step(self) -> float:
+        group = self.optimizer.param_groups[0]
+        return float(group["lr"]) / float(group.get("lr_scale", 1.0))
+
+    def _all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t / self.world_size
+        return t
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self) -> dict:
+        """One optimizer update: micro-batches, backward, clip, NaN guard, step. Returns its stats.
+
+        Host syncs: one before the update (loss and grad norm, to refuse a non-finite update)
+        and one after it (the update norm).
+        """
+        cfg = self.config
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = next(self.train_iter)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            defer_sync = self.world_size > 1 and micro < cfg.grad_accum - 1
+            with (self.model.no_sync() if defer_sync else contextlib.nullcontext()):
+                with self._autocast():
+                    logits = self.model(input_ids=x).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        train_loss = self._all_reduce_mean(loss_sum / cfg.grad_accum)
+
+        if cfg.grad_clip:   # returns the norm before clipping
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
+                                                      foreach=True)
+        loss_value, grad_norm_value = torch.stack([train_loss, grad_norm.float()]).tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: the {what} is {loss_value if what == 'loss' else grad_norm_value} "
+                f"(lr {self._lr_of_step():.3g}); this update was not applied and the run stopped with a "
+                f"checkpoint after {self.step} good updates. Try a lower peak LR, a longer warmup or a "
+                f"smaller grad_clip.")
+
+        lr = self._lr_of_step()
+        if self._before is not None:
+            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_norm = None
+        if self._before is not None:   # ||theta_after - theta_before||, one more host sync
+            torch._foreach_sub_(self._before, [p.detach() for p in self.params])
+            update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)).float()).item()
+
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        return {"step": self.step - 1, "lr": lr, "loss": loss_value, "grad_norm": grad_norm_value,
+                "update_norm": update_norm}
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean per-token loss on the first ``eval_batches`` global batches of the val blocks.
+
+        A global batch is ``batch_size * grad_accum * world_size`` rows, so the same rows are
+        evaluated whatever the split into ranks and micro-batches; each rank takes a slice.
+        """
+        from .data import eval_batches
+
+        if self.val_blocks is None:
+            return None
+        cfg = self.config
+        model = self.raw_model
+        model.eval()
+        global_batch = cfg.batch_size * cfg.grad_accum * self.world_size
+        rows = self.val_blocks[: cfg.eval_batches * global_batch]
+        shard = torch.tensor_split(rows, self.world_size)[self.rank]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if shard.shape[0]:
+            for x, y in eval_batches(shard, cfg.batch_size):
+                x, y = x.to(self.device), y.to(self.device)
+                with self._autocast():
+                    logits = model(input_ids=x).logits
+                total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+                total[1] += y.numel()
+        model.train()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        loss_sum, count = total.tolist()
+        return loss_sum / count if count else None
+
+    # ------------------------------------------------------------------ files
+    def _counters(self) -> dict:
+        return {k: getattr(self, k) for k in ("tokens", "train_time", "best_val_loss", "best_val_step",
+                                              "time_to_target", "step_to_target", "tokens_to_target",
+                                              "last_loss", "last_val_loss")}
+
+    def save_checkpoint(self, loader_state: dict | None = None) -> None:
+        """Write the checkpoint of the current step (rank 0 only) and fsync the log."""
+        if self.run_dir is None or not self.is_main:
+            return
+        if self._log is not None:
+            self._log.sync()
+        loader = _FrozenState(loader_state) if loader_state is not None else self.loader
+        ckpt.save_checkpoint(self.run_dir, self.raw_model, step=self.step, optimizer=self.optimizer,
+                             scheduler=self.scheduler, loader=loader, trainer=self._counters())
+        self._checkpointed_step = self.step
+
+    def summary(self) -> dict:
+        """The run summary (also written to ``summary.json``)."""
+        return {
+            "status": self.status,
+            "run_dir": self.run_dir,
+            "model": self.config.model,
+            "steps": self.step,
+            "total_steps": int(self.schedule.total_steps),
+            "tokens": self.tokens,
+            "final_train_loss": self.last_loss,
+            "final_val_loss": self.last_val_loss,
+            "best_val_loss": self.best_val_loss,
+            "best_val_step": self.best_val_step,
+            "target_val_loss": self.config.target_val_loss,
+            "time_to_target": self.time_to_target,
+            "step_to_target": self.step_to_target,
+            "tokens_to_target": self.tokens_to_target,
+            "train_time": self.train_time,
+            "tokens_per_s": self.tokens / self.train_time if self.train_time > 0 else None,
+            "parameters": self.n_parameters,
+            "device": str(self.device) if self.device.type != "cuda" else torch.cuda.get_device_name(self.device),
+            "world_size": self.world_size,
+        }
+
+    def _write_summary(self) -> dict:
+        s = self.summary()
+        if self.run_dir is not None and self.is_main:
+            write_json_atomic(os.path.join(self.run_dir, SUMMARY_FILE), s)
+        return s
+
+    def _record_val(self, event: dict, val: float | None) -> None:
+        if val is None:
+            return
+        t, target = event["step"], self.config.target_val_loss
+        event["val_loss"] = self.last_val_loss = val
+        if self.best_val_loss is None or val < self.best_val_loss:
+            self.best_val_loss, self.best_val_step = val, t
+        if target is not None and self.time_to_target is None and val <= target:
+            self.time_to_target, self.step_to_target, self.tokens_to_target = event["time"], t, event["tokens"]
+
+    def _emit(self, event: dict) -> None:
+        self.history.append(event)
+        if not self.is_main:
+            return
+        if self._log is not None:
+            self._log.write(event)
+        for fn in list(self.callbacks):
+            try:
+                fn(dict(event))
+            except Exception as exc:   # a broken plot must not kill a training run
+                warnings.warn(f"subscriber {fn!r} raised {exc!r} at step {event['step']}; it is removed",
+                              RuntimeWarning, stacklevel=2)
+                self.callbacks.remove(fn)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train from the current step to ``stop_step``; returns the summary dict.
+
+        Raises ``TrainingDiverged`` (after checkpointing the last good step) on a NaN/inf loss.
+        """
+        for _ in self.iter_run():
+            pass
+        return self.result
+
+    def iter_run(self):
+        """The loop as a generator: yields each step's event; ``self.result`` is the summary at the end.
+
+        For driving a run step by step (``for event in trainer.iter_run(): ...``); iterate to the
+        end (or ``close()`` the generator) so the log is closed. ``run()`` is this, drained.
+        """
+        cfg = self.config
+        self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
+        bar = ProgressBar(self.stop_step, initial=self.step) if (cfg.progress and self.is_main) else None
+        if bar is not None:
+            self.callbacks.append(bar)
+        self.status = "running"
+        finished = False
+        clock = time.perf_counter()   # train time not yet counted starts here
+        try:
+            while self.step < self.stop_step:
+                if self.stop_event.is_set():
+                    self.status = "stopped"
+                    break
+                if self.pause_event.is_set():
+                    self.train_time += time.perf_counter() - clock
+                    while self.pause_event.is_set() and not self.stop_event.is_set():
+                        time.sleep(0.05)
+                    clock = time.perf_counter()        # paused time is not train time
+                    continue
+                loader_state = self.loader.state_dict()
+                try:
+                    stats = self.train_step()
+                except TrainingDiverged:
+                    self.status = "diverged"
+                    self.save_checkpoint(loader_state)
+                    self.result = self._write_summary()
+                    raise
+                now = time.perf_counter()
+                step_time, clock = now - clock, now
+                self.train_time += step_time
+                t = stats["step"]
+                event = {"step": t, "tokens": self.tokens, "lr": stats["lr"], "loss": stats["loss"],
+                         "grad_norm": stats["grad_norm"], "update_norm": stats["update_norm"],
+                         "tokens_per_s": self.tokens_per_step / step_time if step_time > 0 else None,
+                         "peak_mem": _peak_mem(self.device), "time": self.train_time}
+                self.last_loss = stats["loss"]
+                if (cfg.eval_interval and (t + 1) % cfg.eval_interval == 0) or t + 1 == self.stop_step:
+                    self._record_val(event, self.evaluate())
+                    clock = time.perf_counter()        # evaluation time is not train time
+                self._emit(event)
+                yield event
+                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                    self.train_time += time.perf_counter() - clock
+                    self.save_checkpoint()
+                    clock = time.perf_counter()        # nor is checkpointing
+            else:
+                self.status = "completed"
+            if self._checkpointed_step != self.step:
+                self.save_checkpoint()
+            self.result = self._write_summary()
+            finished = True
+        finally:
+            if bar is not None:
+                bar.close()
+                self.callbacks.remove(bar)
+            if self._log is not None:
+                self._log.close()
+            self._log = None
+            if self._owns_process_group:
+                import torch.distributed as dist
+
+                if finished:
+                    dist.barrier()
+                dist.destroy_process_group()
+                self._owns_process_group = False
+
+    result: dict | None = None
+    _log: RunLog | None = None
+
+
+# ---------------------------------------------------------------------- functional entry points
+def train(config: TrainConfig | None = None, callbacks: Iterable[Callable[[dict], Any]] = (),
+          stop_event: threading.Event | None = None, pause_event: threading.Event | None = None, *,
+          model: torch.nn.Module | None = None, train_data: Any = None, val_data: Any = None,
+          optimizer: Any = None, **overrides) -> dict:
+    """Run a fresh training run and return its summary; ``overrides`` replace config fields.
+
+    Example:
+        >>> s = train(steps=2, batch_size=2, seq_len=16, max_tokens=4000, progress=False)  # doctest: +SKIP
+        >>> s["status"], s["steps"]                                                        # doctest: +SKIP
+        ('completed', 2)
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    trainer = Trainer(config, model=model, train_data=train_data, val_data=val_data, optimizer=optimizer,
+                      callbacks=callbacks, stop_event=stop_event, pause_event=pause_event)
+    return trainer.run()
+
+
+def resume(run_dir: str | os.PathLike, *, steps: int | None = None, callbacks: Iterable[Callable[[dict], Any]] = (),
+           stop_event: threading.Event | None = None, pause_event: threading.Event | None = None,
+           model: torch.nn.Module | None = None, train_data: Any = None, val_data: Any = None,
+           optimizer: Any = None, **overrides) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint with its saved configuration.
+
+    ``steps`` moves the stop point (the schedule, and so the horizon, stays as saved);
+    ``overrides`` may change run-time settings such as ``device``, ``compile`` or ``progress``.
+    """
+    config = load_config(run_dir)
+    config = dataclasses.replace(config, run_dir=os.fspath(run_dir),
+                                 **({"steps": steps} if steps is not None else {}), **overrides)
+    trainer = Trainer(config, model=model, train_data=train_data, val_data=val_data, optimizer=optimizer,
+                      resume=True, callbacks=callbacks, stop_event=stop_event, pause_event=pause_event)
+    return trainer.run()
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict:
+    """The summary of the run in ``run_dir``: its ``summary.json``, or, for a run still going or
+    killed before writing one, a summary rebuilt from ``log.jsonl`` (``status`` ``"incomplete"``).
+
+    Example:
+        >>> run_summary("runs/a")["best_val_loss"]     # doctest: +SKIP
+        1.93
+    """
+    from .runlog import read_run_log
+
+    run_dir = os.fspath(run_dir)
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    log_path = os.path.join(run_dir, LOG_FILE)
+    if not os.path.exists(path) and not os.path.exists(log_path):
+        raise FileNotFoundError(f"{run_dir!r} has neither {SUMMARY_FILE} nor {LOG_FILE}: not a workbench run")
+    records = read_run_log(log_path, dedupe=True) if os.path.exists(log_path) else []
+    if os.path.exists(path):
+        summary = read_json(path)
+        # stale if the run was resumed past it (and is still going, or was killed)
+        if not records or records[-1]["step"] + 1 <= int(summary.get("steps") or 0):
+            return summary
+    config = read_json(os.path.join(run_dir, CONFIG_FILE)) if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) else {}
+    target = config.get("target_val_loss")
+    vals = [(r["val_loss"], r) for r in records if r.get("val_loss") is not None]
+    best = min(vals, key=lambda v: v[0]) if vals else None
+    hit = next((r for v, r in vals if target is not None and v <= target), None)
+    last = records[-1] if records else {}
+    return {
+        "status": "incomplete", "run_dir": run_dir, "model": config.get("model"),
+        "steps": last["step"] + 1 if records else 0,
+        "total_steps": (config.get("schedule") or {}).get("total_steps") if isinstance(config.get("schedule"), dict) else None,
+        "tokens": last.get("tokens"), "final_train_loss": last.get("loss"),
+        "final_val_loss": vals[-1][0] if vals else None,
+        "best_val_loss": best[0] if best else None, "best_val_step": best[1]["step"] if best else None,
+        "target_val_loss": target, "time_to_target": hit["time"] if hit else None,
+        "step_to_target": hit["step"] if hit else None, "tokens_to_target": hit.get("tokens") if hit else None,
+        "train_time": last.get("time"),
+        "tokens_per_s": (last["tokens"] / last["time"]) if last.get("time") else None,
+        "parameters": None, "device": None, "world_size": None,
+    }
