@@ -38,3 +38,22 @@ def test_package_data_is_small():
 def test_unknown_run_name():
     with pytest.raises(ValueError, match="unknown bundled run 'cosin'"):
         assets.run_dir("cosin")
+
+
+def test_pretrained_checkpoint_loads_offline_and_is_trained():
+    import torch
+    import torch.nn.functional as F
+
+    from workbench.data import load_blocks
+    from workbench.models import build_model
+
+    model = build_model(assets.pretrained_dir()).eval()
+    fresh = build_model("tiny").eval()
+    blocks = load_blocks("stdlib", split="val", block_size=128)[:16]
+    x, y = blocks[:, :-1], blocks[:, 1:]
+    with torch.no_grad():
+        loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten()).item()
+        loss0 = F.cross_entropy(fresh(input_ids=x).logits.flatten(0, 1), y.flatten()).item()
+    assert loss0 > 5.0 and loss < 1.6          # random init ~ ln 256; trained: 1.0-1.4 nats/byte
+    summary = read_json(assets.pretrained_dir() / "training.json")["summary"]
+    assert summary["steps"] == assets.PRETRAINED_STEPS and summary["status"] == "completed"

@@ -141,7 +141,8 @@ def _make_pretrained(dst: Path, progress: bool) -> None:
         summary = trainer.run()
         out = Path(tmp) / "pretrained"
         model.save_pretrained(out, safe_serialization=True)
-        write_json_atomic(out / "training.json", {"config": cfg.to_dict(), "summary": summary})
+        record = {"config": dict(cfg.to_dict(), run_dir=None), "summary": dict(summary, run_dir=None)}
+        write_json_atomic(out / "training.json", record)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(out, dst)
