@@ -295,7 +295,9 @@ def _curves_fit(args: argparse.Namespace) -> int:
     print(f"  train: r2 {t['r2']:.5f}, mean rel. error {100 * t['pred_err']:.3f}%, worst {100 * t['worst_err']:.3f}%")
     val = info.get("validation", {})
     if val.get("method", "none") != "none":
-        print(f"  early stopping by leave-one-curve-out: {val['chosen_max_nfev']} evaluations")
+        chosen = val["chosen_max_nfev"]
+        print("  leave-one-curve-out validation: " + ("fit to convergence" if chosen == "converged"
+                                                      else f"early stopping after {chosen} evaluations"))
     print(f"wrote {args.out}")
     return 0
 

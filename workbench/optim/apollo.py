@@ -1,0 +1,198 @@
+"""APOLLO and APOLLO-Mini (Zhu et al., arXiv 2412.05270): AdamW-level training with SGD-level memory.
+
+For each projected 2-D weight ``G`` (m x n) with rank ``r = min(rank, m, n)``:
+
+1. project with a random ``P ~ N(0, 1)/sqrt(r)``: ``R = G P^T`` (P is r x n) if m >= n, else
+   ``R = P^T G`` (P is m x r). ``P`` is redrawn every ``update_proj_gap`` steps from
+   ``(seed, parameter index, refresh count)`` on a CPU generator, so it is the same on CPU and CUDA,
+   on every DDP rank and after a resume, and it is never saved;
+2. Adam moments on ``R`` (bias-corrected): ``Rt = m_hat / (sqrt(v_hat) + eps)``;
+3. scaling factors: per channel of the larger side ``s_j = ||Rt_j|| / (||R_j|| + 1e-8)``
+   (``scale_type="channel"``) or one per tensor ``s = ||Rt|| / (||R|| + 1e-8)`` (``"tensor"``);
+4. ``Gt = sqrt(scale) * s * G`` (the raw full-rank gradient, rescaled);
+5. norm-growth limiter (Fira): if ``||Gt_t|| > limit * ||Gt_{t-1}||`` rescale ``Gt_t`` to that
+   norm; the post-limit norm is what the next step compares with (``norm_growth_limit=None`` turns
+   it off);
+6. ``p -= lr * Gt``, then decoupled weight decay ``p -= lr * weight_decay * p``.
+
+Parameters that are not 2-D, and groups with ``rank=None`` (or ``lowrank=False``), get plain
+AdamW (``torch.optim.AdamW`` semantics with the group's hyperparameters). Same-shape weights are
+updated together (stacked gradients, batched matmuls, one kernel per moment update) and nothing in
+``step()`` waits for the device. Use :func:`workbench.optim.lowrank_param_groups` to project only
+attention/MLP weights (embeddings, head and norms then get AdamW), as in the paper.
+
+State per projected weight: ``exp_avg``/``exp_avg_sq`` (the shape of ``R``: ``2 r max(m, n)``
+numbers, exactly ``r / min(m, n)`` of AdamW's two moments), ``gt_norm`` (the limiter's previous
+norm, one number) and ``step``. The current ``P`` (``r min(m, n)`` numbers) is not state (never
+saved) but by default it is kept between refreshes (``cache_projection=True``, counted by
+:func:`workbench.optim.state_bytes`); ``cache_projection=False`` redraws it on the CPU at every step
+instead, trading that memory for CPU time (fine for APOLLO-Mini's rank 1, slow for rank 256 on
+large models).
+
+Example:
+    >>> import torch
+    >>> from workbench.optim import Apollo, ApolloMini
+    >>> w = torch.nn.Parameter(torch.randn(64, 32))
+    >>> b = torch.nn.Parameter(torch.zeros(64))
+    >>> opt = Apollo([w, b], lr=1e-2, rank=4, update_proj_gap=10)
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     loss = (w.sum(1) + b - 1).pow(2).mean()
+    ...     loss.backward()
+    ...     opt.step()
+    >>> tuple(opt.state[w]["exp_avg"].shape), tuple(opt.projection(w).shape)   # R is 64 x 4, P 4 x 32
+    ((64, 4), (4, 32))
+    >>> ApolloMini([w]).param_groups[0]["rank"], ApolloMini([w]).param_groups[0]["scale_type"]
+    (1, 'tensor')
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import (ProjectedOptimizer, adam_direction, check_choice, check_int, check_range, cpu_generator,
+                    derive_seed, to_device, update_moments)
+
+__all__ = ["Apollo", "ApolloMini", "gaussian_projection"]
+
+
+def gaussian_projection(seed: int, shape: tuple[int, int], rank: int) -> torch.Tensor:
+    """``N(0, 1)/sqrt(rank)`` matrix of ``shape`` from a CPU generator seeded with ``seed`` (float32, CPU)."""
+    return torch.randn(shape, generator=cpu_generator(seed), dtype=torch.float32).div_(math.sqrt(rank))
+
+
+class Apollo(ProjectedOptimizer):
+    """APOLLO: random-projection scaled AdamW. See the module docstring for the algorithm.
+
+    Args:
+        params: parameters or param groups; a group may override any argument, ``rank=None``
+            gives that group plain AdamW.
+        lr: learning rate (1e-2, the paper's).
+        rank: projection rank, capped at each weight's smaller dimension (256).
+        scale_type: ``"channel"`` (APOLLO) or ``"tensor"`` (APOLLO-Mini).
+        scale: the gradient is multiplied by ``sqrt(scale)`` (1; 128 for APOLLO-Mini).
+        update_proj_gap: steps between projection refreshes ``T`` (200).
+        betas, eps, weight_decay: as AdamW (0.9, 0.999), 1e-6, 0.
+        norm_growth_limit: Fira's limiter ratio (1.01); None switches it off.
+        seed: base seed of the projections (0); keep it equal on every DDP rank.
+        cache_projection: keep ``P`` between refreshes (True) or redraw it every step (False).
+    """
+
+    def __init__(self, params, lr: float = 1e-2, rank: int | None = 256, scale_type: str = "channel",
+                 scale: float = 1.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
+                 cache_projection: bool = True):
+        defaults = dict(lr=lr, rank=rank, scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
+                        betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+                        weight_decay=weight_decay, norm_growth_limit=norm_growth_limit, seed=seed,
+                        cache_projection=cache_projection)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict) -> None:
+        self._check_common(group)
+        check_int("rank", group["rank"], 1, allow_none=True)
+        check_choice("scale_type", group["scale_type"], ("channel", "tensor"))
+        check_range("scale", group["scale"], 0.0, low_open=True)
+        check_range("norm_growth_limit", group["norm_growth_limit"], 1.0, allow_none=True)
+        if not isinstance(group["cache_projection"], bool):
+            raise ValueError(f"cache_projection must be True or False, got {group['cache_projection']!r}")
+
+    # ------------------------------------------------------------------ projections
+    @staticmethod
+    def _proj_shape(shape, rank: int) -> tuple[int, int, int, bool]:
+        m, n = shape
+        r = min(rank, m, n)
+        tall = m >= n
+        return (r, n, r, tall) if tall else (m, r, r, tall)
+
+    def _projections(self, key, group: dict, index: list[int], shape, step: int, like: torch.Tensor):
+        """The stacked ``[B, *P.shape]`` projections for this step, cached until the next refresh."""
+        pm, pn, r, _ = self._proj_shape(shape, group["rank"])
+        refresh = (step - 1) // group["update_proj_gap"]
+        tag = (tuple(index), refresh, r, group["seed"], like.dtype, like.device)
+        cached = self._caches.get(key)
+        if cached is not None and cached[0] == tag:
+            return cached[1]
+        mats = torch.stack([gaussian_projection(derive_seed(group["seed"], i, refresh), (pm, pn), r)
+                            for i in index])
+        P = to_device(mats, like.device, like.dtype)
+        if group["cache_projection"]:
+            self._caches[key] = (tag, P)
+        else:
+            self._caches.pop(key, None)
+        return P
+
+    def projection(self, param: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """The projection ``P`` used for ``param`` at ``step`` (default: its last completed step),
+        regenerated from the seed. Raises ``ValueError`` if ``param`` is not projected."""
+        i, group = self._index_of(param)
+        if not self.is_projected(param, group):
+            raise ValueError(f"this parameter (shape {tuple(param.shape)}) is not projected: it is not 2-D "
+                             f"or its group has rank=None/lowrank=False")
+        step = max(1, int(self.state[param].get("step", 1))) if step is None else step
+        check_int("step", step, 1)
+        pm, pn, r, _ = self._proj_shape(param.shape, group["rank"])
+        refresh = (step - 1) // group["update_proj_gap"]
+        P = gaussian_projection(derive_seed(group["seed"], i, refresh), (pm, pn), r)
+        return P.to(device=param.device, dtype=param.dtype)
+
+    # ------------------------------------------------------------------ the update
+    def _step_bucket(self, key, group, index, params, step):
+        p0 = params[0]
+        B = len(params)
+        shape = tuple(p0.shape)
+        _, _, r, tall = self._proj_shape(shape, group["rank"])
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        G = torch.stack(grads) if self._stacking(p0.device) else None       # [B, m, n], a copy we own
+        P = self._projections(key, group, index, shape, step, p0)
+        R = self._project(grads, P, tall, G)                                # [B, m, r] or [B, r, n]
+        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
+        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
+        update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
+        Rt = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
+
+        alpha = math.sqrt(group["scale"])
+        if group["scale_type"] == "channel":
+            dim = -1 if tall else -2                     # the channels of the larger side
+            s = torch.linalg.vector_norm(Rt, dim=dim, keepdim=True) / (
+                torch.linalg.vector_norm(R, dim=dim, keepdim=True) + 1e-8)
+            channel = (torch.linalg.vector_norm(G, dim=dim, keepdim=True) if G is not None else   # ||G_j||
+                       torch.stack([torch.linalg.vector_norm(g, dim=dim, keepdim=True) for g in grads]))
+            gt_norm = torch.linalg.vector_norm(s * channel, dim=(-2, -1)) * alpha  # ||Gt||, [B]
+        else:
+            s = torch.linalg.vector_norm(Rt, dim=(-2, -1), keepdim=True) / (
+                torch.linalg.vector_norm(R, dim=(-2, -1), keepdim=True) + 1e-8)
+            g_norm = (torch.linalg.vector_norm(G, dim=(-2, -1)) if G is not None else
+                      torch.stack(torch._foreach_norm(grads)))
+            gt_norm = s.view(B) * g_norm * alpha
+        factor = alpha
+        limit = group["norm_growth_limit"]
+        if limit is not None:
+            prev = self._stacked(key, params, "gt_norm", (), p0.dtype, p0.device)
+            cap = prev * limit
+            shrink = torch.where((prev > 0) & (gt_norm > cap), cap / gt_norm.clamp_min(1e-30), 1.0)
+            prev.copy_(gt_norm * shrink)
+            factor = shrink.view(B, 1, 1) * alpha
+        scale = s * factor                                   # Gt = G * scale
+        lr, wd = group["lr"], group["weight_decay"]
+        if G is not None:
+            self._apply(params, G.mul_(scale), lr, wd)
+        else:
+            torch._foreach_addcmul_(params, grads, list(scale.unbind(0)), value=-lr)
+            if wd != 0:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+
+
+class ApolloMini(Apollo):
+    """APOLLO-Mini: :class:`Apollo` with ``rank=1, scale_type="tensor", scale=128`` (SGD-like memory:
+    two numbers per row/column of the larger side per weight)."""
+
+    def __init__(self, params, lr: float = 1e-2, rank: int | None = 1, scale_type: str = "tensor",
+                 scale: float = 128.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
+                 cache_projection: bool = True):
+        super().__init__(params, lr=lr, rank=rank, scale_type=scale_type, scale=scale,
+                         update_proj_gap=update_proj_gap, betas=betas, eps=eps, weight_decay=weight_decay,
+                         norm_growth_limit=norm_growth_limit, seed=seed, cache_projection=cache_projection)
