@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, Callable, Sequence
 

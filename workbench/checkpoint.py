@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
+
+from .files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "has_checkpoint", "get_rng_state", "set_rng_state",
            "MODEL_FILE", "STATE_FILE"]
@@ -78,21 +79,6 @@ def set_rng_state(state: dict) -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
-def _replace_atomically(write, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """True if ``run_dir`` holds both checkpoint files."""
     run_dir = os.fspath(run_dir)
@@ -120,9 +106,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, step:
         "trainer": dict(trainer or {}),
     }
     # weights first: if we die between the two renames, load_checkpoint sees mismatched steps
-    _replace_atomically(lambda p: save_model(model, p, metadata={"step": str(step)}),
-                        os.path.join(run_dir, MODEL_FILE))
-    _replace_atomically(lambda p: torch.save(state, p), os.path.join(run_dir, STATE_FILE))
+    atomic_write(os.path.join(run_dir, MODEL_FILE), lambda p: save_model(model, p, metadata={"step": str(step)}))
+    atomic_write(os.path.join(run_dir, STATE_FILE), lambda p: torch.save(state, p))
 
 
 def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module | None = None, *,

@@ -72,7 +72,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from workbench.schedules import Schedule, _atomic_write_text
+from workbench.files import atomic_write_text
+from workbench.schedules import Schedule
 
 __all__ = ["LossCurve", "read_curve", "read_curves", "read_csv", "read_run_log", "read_tensorboard",
            "read_wandb", "STEP_KEYS", "LR_KEYS", "VAL_LOSS_KEYS", "TRAIN_LOSS_KEYS"]
@@ -206,7 +207,7 @@ class LossCurve:
         lines = ["step,lr,loss"]
         for t, lr in enumerate(self.lrs.tolist()):
             lines.append(f"{t},{lr!r},{loss[t]!r}" if t in loss else f"{t},{lr!r},")
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _schedule_warmup(schedule: Schedule, lrs: np.ndarray) -> int | None:

@@ -1056,9 +1056,9 @@ class FittedLaw:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fit as JSON (atomically)."""
-        from workbench.schedules import _atomic_write_text
+        from workbench.files import atomic_write_text
 
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "fit") -> "FittedLaw":

@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from workbench import laws
-from workbench.schedules import Schedule, _atomic_write_text
+from workbench.files import atomic_write, atomic_write_text
+from workbench.schedules import Schedule
 
 __all__ = ["display_steps", "schedule_curves", "schedule_figure", "save_schedule_plot", "COLORS"]
 
@@ -56,7 +57,6 @@ def schedule_curves(sched: Schedule, max_points: int = 2000, lam: float = 0.999,
 def schedule_figure(schedules: Sequence[Schedule], names: Sequence[str] | None = None,
                     predictor=None, max_points: int = 2000, lam: float = 0.999):
     """A 2x2 plotly figure: LR, S1, S2 and predicted loss (empty without ``predictor``) vs step."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=2, subplot_titles=PANELS, horizontal_spacing=0.1, vertical_spacing=0.14)
@@ -94,7 +94,7 @@ def save_schedule_plot(schedules: Sequence[Schedule], path: str | os.PathLike, p
     ext = os.path.splitext(path)[1].lower()
     if ext == ".html":
         fig = schedule_figure(schedules, predictor=predictor)
-        _atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+        atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
     elif ext == ".png":
         _save_png(schedules, path, predictor)
     else:
@@ -120,7 +120,7 @@ def _save_png(schedules, path, predictor):
     axes[0, 0].legend()
     if predictor is None:
         axes[1, 1].text(0.5, 0.5, "no predictor", ha="center", va="center", transform=axes[1, 1].transAxes)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

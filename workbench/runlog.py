@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from typing import Any, Iterable
+
+from .files import atomic_write_text
 
 __all__ = ["RunLog", "read_run_log", "latest_per_step", "write_json_atomic", "read_json"]
 
@@ -151,21 +152,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
     Non-finite floats are written as ``null``.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     text = json.dumps(_finite_or_none(_jsonable(obj)), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def _finite_or_none(value: Any) -> Any:

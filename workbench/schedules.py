@@ -27,12 +27,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+
+from workbench.files import atomic_write_text
 
 __all__ = [
     "Schedule", "constant", "linear", "cosine", "inverse_sqrt", "wsd", "power", "infinite",
@@ -157,8 +158,11 @@ class Schedule:
     # -- common read-only properties
     @property
     def warmup(self) -> int:
-        """Steps of the initial warmup (0 if none)."""
-        return int(getattr(self, "warmup_steps", 0) or 0)
+        """Steps of the initial warmup: ``warmup_steps`` where the family has it, else the steps
+        before the LR first reaches its maximum (a piecewise ramp, a refined schedule)."""
+        if hasattr(self, "warmup_steps"):
+            return int(self.warmup_steps or 0)
+        return int(np.argmax(self.lrs()))
 
     def lrs(self, total_steps: int | None = None) -> np.ndarray:
         """The LR at every step ``0 .. total_steps-1`` (default: the schedule's horizon)."""
@@ -226,41 +230,34 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True, repr=False)
-class Linear(Schedule):
+class _WarmupDecay(Schedule):
+    """Linear warmup from 0, then a decay of shape ``shape`` to ``min_lr`` at ``total_steps``."""
+
+    shape: ClassVar[str] = ""
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+    def __post_init__(self):
+        _check_lrs(self.peak_lr, self.min_lr)
+        _check_warmup(self.warmup_steps, self.total_steps)
+
+    def _lr(self, t):
+        w, n = self.warmup_steps, self.total_steps
+        x = np.clip((t - w) / max(1, n - w), 0.0, 1.0)
+        return np.where(t < w, self.peak_lr * _warmup_factor(t, w),
+                        _decay_multiplier(x, self.shape, self.peak_lr, self.min_lr))
+
+
+class Linear(_WarmupDecay):
     family: ClassVar[str] = "linear"
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-
-    def __post_init__(self):
-        _check_lrs(self.peak_lr, self.min_lr)
-        _check_warmup(self.warmup_steps, self.total_steps)
-
-    def _lr(self, t):
-        w, n = self.warmup_steps, self.total_steps
-        x = np.clip((t - w) / max(1, n - w), 0.0, 1.0)
-        return np.where(t < w, self.peak_lr * _warmup_factor(t, w),
-                        _decay_multiplier(x, "linear", self.peak_lr, self.min_lr))
+    shape: ClassVar[str] = "linear"
 
 
-@dataclass(frozen=True, repr=False)
-class Cosine(Schedule):
+class Cosine(_WarmupDecay):
     family: ClassVar[str] = "cosine"
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-
-    def __post_init__(self):
-        _check_lrs(self.peak_lr, self.min_lr)
-        _check_warmup(self.warmup_steps, self.total_steps)
-
-    def _lr(self, t):
-        w, n = self.warmup_steps, self.total_steps
-        x = np.clip((t - w) / max(1, n - w), 0.0, 1.0)
-        return np.where(t < w, self.peak_lr * _warmup_factor(t, w),
-                        _decay_multiplier(x, "cosine", self.peak_lr, self.min_lr))
+    shape: ClassVar[str] = "cosine"
 
 
 @dataclass(frozen=True, repr=False)
@@ -859,26 +856,9 @@ def schedule_from_dict(d: dict) -> Schedule:
         raise ValueError(f"bad arguments for schedule family {family!r}: {exc}") from None
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_schedule(sched: Schedule, path: str | os.PathLike) -> None:
     """Write ``sched.to_dict()`` as JSON (atomically): the SPEC.json format."""
-    _atomic_write_text(path, sched.to_json() + "\n")
+    atomic_write_text(path, sched.to_json() + "\n")
 
 
 def load_schedule(path: str | os.PathLike) -> Schedule:
@@ -901,7 +881,7 @@ def export_csv(sched: Schedule, path: str | os.PathLike) -> int:
     """Write ``step,lr`` for every step ``0..total_steps-1`` (atomically); returns the number of rows."""
     lrs = sched.lrs()
     body = "\n".join(f"{i},{v!r}" for i, v in enumerate(lrs.tolist()))
-    _atomic_write_text(path, "step,lr\n" + body + "\n")
+    atomic_write_text(path, "step,lr\n" + body + "\n")
     return int(lrs.size)
 
 
