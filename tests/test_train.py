@@ -241,8 +241,8 @@ def test_refuses_a_directory_that_holds_a_run(tmp_path):
 
 
 def test_bad_input_raises_value_error_naming_the_fix():
-    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
-        TrainConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="unknown optimizer 'adafactor'; use one of adamw, .*apollo-mini"):
+        TrainConfig(optimizer="adafactor")
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="steps= .*required"):

@@ -3,6 +3,7 @@
 Thin views over the core objects in :mod:`workbench`: no maths lives here.
 """
 from workbench.widgets.designer import ScheduleDesigner
+from workbench.widgets.fitter import CurveFitter
 from workbench.widgets.live import LiveTraining
 
-__all__ = ["ScheduleDesigner", "LiveTraining"]
+__all__ = ["ScheduleDesigner", "LiveTraining", "CurveFitter"]

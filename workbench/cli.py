@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -50,6 +51,7 @@ def _schedule_plot(args: argparse.Namespace) -> int:
 _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "model": "model", "data": "data", "tokenizer": "tokenizer", "steps": "steps", "lr": "lr",
     "warmup_steps": "warmup_steps", "optimizer": "optimizer", "weight_decay": "weight_decay",
+    "optimizer_kwargs": "optimizer_kwargs",
     "batch_size": "batch_size", "seq_len": "seq_len", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_batches": "eval_batches",
     "checkpoint_interval": "checkpoint_interval", "target_val_loss": "target_val_loss",
@@ -76,8 +78,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", help="SPEC.json (a schedule's to_dict()) or a family name [cosine]")
     p.add_argument("--lr", type=float, help="peak LR for a family name [3e-3]")
     p.add_argument("--warmup-steps", type=int, help="warmup for a family name [0]")
-    p.add_argument("--optimizer", help="adamw, adam or sgd [adamw]")
-    p.add_argument("--weight-decay", type=float, help="[0.1 for adamw, else 0]")
+    p.add_argument("--optimizer", help="adamw, adam, sgd, apollo, apollo-mini, galore, frugal, lamb or lion "
+                   "(low-rank ones project attention/MLP weights; the rest gets AdamW) [adamw]")
+    p.add_argument("--optimizer-kwargs", type=json.loads, metavar="JSON",
+                   help='extra optimizer arguments as JSON, e.g. \'{"rank": 32, "update_proj_gap": 100}\'')
+    p.add_argument("--weight-decay", type=float,
+                   help="decay of the weight matrices [0.1 for adamw, 0.01 for lamb, else 0]")
     p.add_argument("--batch-size", type=int, help="sequences per rank per micro-step [8]")
     p.add_argument("--seq-len", type=int, help="tokens per sequence [128]")
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step [1]")

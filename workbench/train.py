@@ -71,7 +71,24 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "loa
 
 EVENT_KEYS = ("step", "tokens", "lr", "loss", "grad_norm", "update_norm", "tokens_per_s", "peak_mem", "time")
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "log.jsonl", "summary.json"
-_OPTIMIZERS = ("adamw", "adam", "sgd")
+_TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
+#: the workbench.optim optimizers the trainer builds by name (with lowrank_param_groups where they project)
+_WORKBENCH_OPTIMIZERS = ("apollo", "apollo-mini", "galore", "frugal", "lamb", "lion")
+_OPTIMIZERS = _TORCH_OPTIMIZERS + _WORKBENCH_OPTIMIZERS
+_CLOSURE_OPTIMIZERS = ("zero-order", "zo", "mezo", "zeroordersgd")   # need a closure: not trainable here
+
+
+def _optimizer_name(spec: str) -> str:
+    """``"Apollo_Mini"`` -> ``"apollo-mini"``; raises ValueError for unknown or closure-only names."""
+    name = str(spec).lower().replace("_", "-").replace(" ", "-")
+    if name in _CLOSURE_OPTIMIZERS:
+        raise ValueError(f"optimizer {spec!r} (ZeroOrderSGD, MeZO) needs a closure - two forward passes and no "
+                         "backward() - so it cannot run through the trainer; drive it with your own loop "
+                         "(see help(workbench.optim.zero_order)) or use one of " + ", ".join(_OPTIMIZERS))
+    if name not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec!r}; use one of {', '.join(_OPTIMIZERS)}, "
+                         "or pass a callable params -> optimizer or an optimizer instance")
+    return name
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,7 +122,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule_kwargs: dict = field(default_factory=dict)
     optimizer: Any = "adamw"
-    weight_decay: float | None = None      # None: 0.1 for adamw, 0 otherwise (matrices/embeddings only)
+    weight_decay: float | None = None      # None: 0.1 for adamw, 0.01 for lamb, 0 otherwise (matrices only)
     optimizer_kwargs: dict = field(default_factory=dict)
     batch_size: int = 8
     seq_len: int = 128
@@ -142,9 +159,10 @@ class TrainConfig:
             raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
-        if isinstance(self.optimizer, str) and self.optimizer.lower() not in _OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}, "
-                             "or pass a callable params -> optimizer or an optimizer instance")
+        if isinstance(self.optimizer, str):
+            _optimizer_name(self.optimizer)
+        if not isinstance(self.optimizer_kwargs, dict):
+            raise ValueError(f"optimizer_kwargs must be a dict, got {type(self.optimizer_kwargs).__name__}")
         if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
             raise ValueError(f"target_val_loss must be a finite number or None, got {self.target_val_loss!r}")
 
@@ -204,11 +222,25 @@ def resolve_schedule(config: TrainConfig):
 
 
 def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """An optimizer from a name ("adamw", "adam", "sgd"), a callable ``params -> optimizer`` or an instance.
+    """An optimizer from a name, a callable ``params -> optimizer`` or an instance.
 
-    Named optimizers decay only matrices and embeddings (``p.dim() >= 2``), nanoGPT-style;
-    ``config.optimizer_kwargs`` is passed through (e.g. ``{"betas": (0.9, 0.99)}``).
+    Names: ``"adamw"``, ``"adam"``, ``"sgd"`` (torch's; they decay only matrices and embeddings,
+    ``p.dim() >= 2``, nanoGPT-style; AdamW betas (0.9, 0.95)) and the :mod:`workbench.optim`
+    optimizers ``"apollo"``, ``"apollo-mini"``, ``"galore"``, ``"frugal"`` (built by
+    :func:`workbench.optim.make_optimizer` with :func:`workbench.optim.lowrank_param_groups`:
+    attention/MLP weights projected, embeddings, head and norms plain AdamW), ``"lamb"`` and
+    ``"lion"`` (decay on matrices only). ``config.optimizer_kwargs`` is passed through (e.g.
+    ``{"betas": (0.9, 0.99)}`` or ``{"rank": 32, "update_proj_gap": 100}``); ``config.weight_decay``
+    (None: 0.1 for adamw, the optimizer's own default otherwise) is the decay of the matrices.
+    ``"zero-order"`` (ZeroOrderSGD) is refused: it needs a closure, not ``backward()``.
     The learning rate is set by the schedule, whatever the optimizer was built with.
+
+    Example:
+        >>> from workbench.models import build_model
+        >>> model = build_model("tiny")
+        >>> opt = build_optimizer("apollo-mini", model, TrainConfig(optimizer="apollo-mini", lr=1e-2))
+        >>> type(opt).__name__, [g.get("lowrank", True) for g in opt.param_groups]
+        ('ApolloMini', [True, False, False])
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(spec, torch.optim.Optimizer):
@@ -216,15 +248,27 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
         if any(id(p) not in owned for g in spec.param_groups for p in g["params"]):
             raise ValueError("the optimizer instance holds parameters that are not this model's; "
                              "build it from model.parameters() or pass a callable params -> optimizer")
-        return spec
+        return _refuse_closure_only(spec)
     if callable(spec) and not isinstance(spec, str):
         opt = spec(params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise ValueError(f"the optimizer callable returned {type(opt).__name__}, not a torch optimizer")
-        return opt
-    name = str(spec).lower()
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {spec!r}; use one of {', '.join(_OPTIMIZERS)}")
+        return _refuse_closure_only(opt)
+    name = _optimizer_name(spec)
+    if name in _WORKBENCH_OPTIMIZERS:
+        from .optim import make_optimizer
+
+        kw = dict(config.optimizer_kwargs)
+        kw.setdefault("lr", config.lr)
+        if config.weight_decay is not None:
+            kw.setdefault("weight_decay", config.weight_decay)
+        if isinstance(kw.get("betas"), list):       # config.json stores tuples as lists
+            kw["betas"] = tuple(kw["betas"])
+        try:
+            return make_optimizer(name, model, **kw)
+        except TypeError as exc:
+            raise ValueError(f"optimizer {name!r} does not take these optimizer_kwargs ({exc}); "
+                             f"see help(workbench.optim)") from None
     wd = config.weight_decay if config.weight_decay is not None else (0.1 if name == "adamw" else 0.0)
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -243,6 +287,13 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
         return torch.optim.Adam(groups, lr=config.lr, **kw)
     kw.setdefault("momentum", 0.9)
     return torch.optim.SGD(groups, lr=config.lr, **kw)
+
+
+def _refuse_closure_only(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    if getattr(opt, "requires_closure", False):
+        raise ValueError(f"{type(opt).__name__} needs a closure (two forward passes, no backward()) and cannot "
+                         "run through the trainer; see help(workbench.optim.zero_order)")
+    return opt
 
 
 class ProgressBar:
