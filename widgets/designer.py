@@ -11,7 +11,7 @@ Example:
     >>> d.controls["peak_lr"].value = 1e-3          # what a slider drag does
     >>> d.schedules[0].peak_lr
     0.001
-    >>> d  # doctest: +SKIP   (in a notebook: shows controls and the plot)
+    >>> d  # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -1,0 +1,129 @@
+"""CurveFitter: drive the controls as a user would and check what the figure and tables show."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench import assets, laws, schedules
+from workbench.curves import LossCurve, read_curve
+from workbench.livefit import LiveFit
+from workbench.widgets import CurveFitter, ScheduleDesigner
+from workbench.widgets.fitter import TRACES_PER_CURVE
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {n: read_curve(assets.run_dir(n)) for n in ("constant", "cosine", "wsd20")}
+
+
+def _traces(f, i):
+    return f.figure.data[TRACES_PER_CURVE * i: TRACES_PER_CURVE * (i + 1)]
+
+
+def _check_figure(f):
+    """Every curve: observed points after warmup; law and band equal FittedLaw.predict_band at the plotted steps."""
+    for i, c in enumerate(f.curves):
+        obs, low, high, law = _traces(f, i)
+        keep = c.steps >= c.warmup
+        np.testing.assert_array_equal(obs.x, c.steps[keep])
+        np.testing.assert_array_equal(obs.y, c.losses[keep])
+        x = np.asarray(law.x)
+        assert x[0] >= c.warmup and x[-1] == c.total_steps - 1          # extrapolated over the whole schedule
+        np.testing.assert_allclose(law.y, f.fitted.predict(c, x), rtol=1e-12)
+        mean, lo, hi = f.fitted.predict_band(c, x, level=f.level)
+        np.testing.assert_allclose(low.y, lo, rtol=1e-12)
+        np.testing.assert_allclose(high.y, hi, rtol=1e-12)
+        assert high.fill == "tonexty" and np.all(np.asarray(low.y) <= np.asarray(high.y))
+
+
+def _check_metrics(f):
+    for c in f.curves:
+        s = f.fitted.score(c)
+        assert f.scores[c.name] == s
+        for k in ("r2", "pred_err", "worst_err"):
+            assert f.format_metric(k, s[k]) in f.metrics_html.value
+
+
+def test_fit_hold_out_and_switch_law(runs):
+    f = CurveFitter(list(runs.values()), fit_on=["constant", "cosine"], autofit=False)
+    assert f.fitted is None and len(f.figure.data) == 3 * TRACES_PER_CURVE
+    f.fit_button.click()
+    assert f.fitted.law == "annealing" and f.fitted.info["curves"] == ["constant", "cosine"]
+    _check_figure(f)
+    _check_metrics(f)
+    assert "held out" in f.metrics_html.value and "alpha" in f.params_html.value
+    assert f"{f.fitted.params['alpha']:.4g}" in f.params_html.value
+    assert _traces(f, 2)[3].line.dash == "dash"                          # held out: dashed
+    # tick wsd20 too: refit on all three
+    f.checkboxes["wsd20"].value = True
+    f.fit_button.click()
+    assert f.fitted.info["curves"] == ["constant", "cosine", "wsd20"]
+    _check_figure(f)
+    # multi-power law (few points and evaluations, to be quick)
+    f.fit_kwargs = dict(max_points=40, max_nfev=20)
+    f.law.value = "multipower"
+    f.fit_button.click()
+    assert f.fitted.law == "multipower" and "gamma" in f.params_html.value
+    _check_figure(f)
+    _check_metrics(f)
+
+
+def test_no_curve_ticked_shows_a_message(runs):
+    f = CurveFitter([runs["constant"]], autofit=False)
+    f.checkboxes["constant"].value = False
+    f.fit_button.click()
+    assert f.fitted is None and "tick at least one" in f.message.value
+    with pytest.raises(ValueError, match="fit_on"):
+        CurveFitter([runs["constant"]], fit_on=["nope"])
+
+
+def test_from_files_and_duplicate_names(tmp_path, runs):
+    p = tmp_path / "c.csv"
+    runs["cosine"].to_csv(p)
+    f = CurveFitter.from_files([assets.run_dir("constant"), p])
+    assert [c.name for c in f.curves] == ["constant", "c"] and f.fitted is not None
+    _check_figure(f)
+    g = CurveFitter([runs["constant"], runs["constant"]], autofit=False)
+    assert list(g.checkboxes) == ["constant", "constant (2)"]
+
+
+def test_designer_uses_the_fitted_law(runs):
+    f = CurveFitter([runs["constant"], runs["cosine"]])
+    d = f.designer()
+    assert isinstance(d, ScheduleDesigner) and len(d.schedules) == 2
+    for i, s in enumerate(d.schedules):
+        loss = d.figure.data[4 * i + 3]
+        x = np.asarray(loss.x)
+        assert len(x) > 0
+        np.testing.assert_allclose(loss.y, f.fitted.predict(s, x), rtol=1e-9)
+    d.select(1)                                                            # the WSD one
+    d.controls["decay_fraction"].value = 0.5                              # a what-if schedule
+    s = d.schedules[-1]
+    loss = d.figure.data[4 * (len(d.schedules) - 1) + 3]
+    np.testing.assert_allclose(loss.y, f.fitted.predict(s, np.asarray(loss.x)), rtol=1e-9)
+    # a refit updates the designer's predictor
+    f.law.value = "annealing"
+    f.fit_kwargs = dict(lam=0.99)
+    f.fit_button.click()
+    np.testing.assert_allclose(d.figure.data[3].y, f.fitted.predict(d.schedules[0], np.asarray(d.figure.data[3].x)),
+                               rtol=1e-9)
+
+
+def test_live_follows_a_livefit():
+    s = schedules.cosine(peak_lr=1e-3, total_steps=400, warmup_steps=20)
+    y = laws.annealing(s, L0=2.0, A=0.6, alpha=0.5, C=0.4, lam=0.999)
+    live = LiveFit(s, law="annealing", min_points=5, refit_every=5, min_interval_s=0)
+    f = CurveFitter.live(live, min_interval=0)
+    assert f.fitted is None and all(len(t.x) == 0 for t in f.figure.data)
+    for t in range(0, 200, 5):
+        f({"step": t, "lr": s(t), "loss": 9.9, "val_loss": float(y[t])})   # forwarded to the LiveFit
+    assert live.refits > 0 and f.fitted is live.fitted
+    assert f.curves[0].steps[-1] == live.fitted.info["live_step"]           # drawn at the last refit
+    f.refresh(force=True)
+    assert f.curves[0].steps[-1] == 195
+    _check_figure(f)
+    assert np.asarray(_traces(f, 0)[3].x)[-1] == 399                         # forecast to the end of the run
+    d = f.designer()
+    assert d.schedules == [s]
+    with pytest.raises(ValueError, match="attach"):
+        CurveFitter([LossCurve.from_schedule(s, [100, 200], [3.0, 2.9])], autofit=False).update({})
