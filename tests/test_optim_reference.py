@@ -14,13 +14,7 @@ import torch
 from workbench.optim import Apollo, ApolloMini, Frugal, GaLore, Lamb, Lion, ZeroOrderSGD, update_rule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster on a shared 2-core box; restored for the other tests."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 DT = torch.float64
 STEPS = 7
 T = 3            # refreshes at steps 4 and 7

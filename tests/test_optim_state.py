@@ -12,13 +12,7 @@ from workbench.optim import (Apollo, ApolloMini, Frugal, GaLore, Lamb, Lion, Rul
                              make_optimizer, memory_table, state_bytes, update_rule)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster on a shared 2-core box; restored for the other tests."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = [(16, 8), (16, 8), (8, 16), (8, 16), (24, 8), (8,), ()]
 

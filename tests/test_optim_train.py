@@ -13,13 +13,7 @@ import torch.nn.functional as F
 from workbench.optim import ZeroOrderSGD, compare_optimizers, make_optimizer, state_bytes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster on a shared 2-core box; restored for the other tests."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = {
     "adamw": ("adamw", dict(lr=3e-3)),

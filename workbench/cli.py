@@ -60,6 +60,16 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
 _RESUME_FLAGS = ("steps", "device", "compile")
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"rank\": 32}}', got {text!r}")
+    return value
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (or --resume a run) into a run directory",
@@ -80,7 +90,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, help="warmup for a family name [0]")
     p.add_argument("--optimizer", help="adamw, adam, sgd, apollo, apollo-mini, galore, frugal, lamb or lion "
                    "(low-rank ones project attention/MLP weights; the rest gets AdamW) [adamw]")
-    p.add_argument("--optimizer-kwargs", type=json.loads, metavar="JSON",
+    p.add_argument("--optimizer-kwargs", type=_json_object, metavar="JSON",
                    help='extra optimizer arguments as JSON, e.g. \'{"rank": 32, "update_proj_gap": 100}\'')
     p.add_argument("--weight-decay", type=float,
                    help="decay of the weight matrices [0.1 for adamw, 0.01 for lamb, else 0]")

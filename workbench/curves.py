@@ -487,24 +487,9 @@ def _run_name(path: str) -> str:
 
 
 def _parse_jsonl_lines(lines: list[str], path: str) -> list[tuple[str, dict]]:
-    last = len(lines) - 1
-    while last >= 0 and not lines[last].strip():
-        last -= 1
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError
-        except ValueError:
-            where = "final line" if i == last else f"line {i + 1}"
-            warnings.warn(f"{path}: skipped unreadable {where} (cut short by a crash?): {line[:80]!r}",
-                          RuntimeWarning, stacklevel=3)
-            continue
-        out.append((f"{path}, line {i + 1}", rec))
-    return out
+    from workbench.runlog import parse_jsonl_lines
+
+    return [(f"{path}, line {n}", rec) for n, rec in parse_jsonl_lines(lines, path)]
 
 
 def read_wandb(path: str | os.PathLike, *, loss_key: str | None = None, lr_key: str | None = None,

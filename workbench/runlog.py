@@ -110,12 +110,19 @@ def read_run_log(path: str | os.PathLike, *, dedupe: bool = False) -> list[dict]
         path = os.path.join(path, "log.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"run log {path!r} does not exist; pass a run directory or its log.jsonl")
-    records: list[dict] = []
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
+    records = [rec for _, rec in parse_jsonl_lines(lines, path)]
+    return latest_per_step(records) if dedupe else records
+
+
+def parse_jsonl_lines(lines: list[str], path: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each JSON-object line; unreadable lines are skipped with a
+    ``RuntimeWarning`` naming the file and line (the final one is usually cut short by a crash)."""
     last = len(lines) - 1
     while last >= 0 and not lines[last].strip():
         last -= 1
+    out = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -126,10 +133,10 @@ def read_run_log(path: str | os.PathLike, *, dedupe: bool = False) -> list[dict]
         except ValueError:
             where = "final line" if i == last else f"line {i + 1}"
             warnings.warn(f"{path}: skipped unreadable {where} (cut short by a crash?): {line[:80]!r}",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
             continue
-        records.append(rec)
-    return latest_per_step(records) if dedupe else records
+        out.append((i + 1, rec))
+    return out
 
 
 def latest_per_step(records: Iterable[dict]) -> list[dict]:
