@@ -84,10 +84,13 @@ def test_zero_order_trains_a_regression_mlp():
 
 
 def test_compare_optimizers_table():
+    seen = []
     table = compare_optimizers({"AdamW": ("adamw", {"lr": 3e-3}),
                                 "APOLLO-Mini": {"name": "apollo-mini", "lr": 1e-2}},
                                steps=4, batch_size=4, seq_len=32, max_tokens=20_000, eval_interval=2,
-                               eval_batches=2, target_val_loss=100.0, device="cpu")
+                               eval_batches=2, target_val_loss=100.0, device="cpu",
+                               callbacks=lambda label: [lambda e, label=label: seen.append((label, e["step"]))])
+    assert seen == [(k, t) for k in ("AdamW", "APOLLO-Mini") for t in range(4)]   # live subscribers per run
     assert list(table.index) == ["AdamW", "APOLLO-Mini"]
     for col in ("optimizer", "lr", "final_train_loss", "final_val_loss", "best_val_loss", "time_to_target_s",
                 "step_to_target", "step_time_ms", "tokens_per_s", "state_bytes", "state_bytes_per_param"):

@@ -106,7 +106,8 @@ def compare_optimizers(optimizers: Mapping[str, Any], *, model: Any = "tiny", da
                        steps: int = 100, schedule: Any = "cosine", warmup_steps: int = 0, batch_size: int = 16,
                        seq_len: int = 128, max_tokens: int | None = 200_000, eval_interval: int = 0,
                        eval_batches: int = 10, target_val_loss: float | None = None, grad_clip: float | None = 1.0,
-                       seed: int = 0, device: str = "auto", progress: bool = False):
+                       seed: int = 0, device: str = "auto", progress: bool = False,
+                       callbacks: Any = None):
     """Train the same model with each optimizer and tabulate the results.
 
     ``optimizers``: label -> spec, where spec is a name or class (see :func:`make_optimizer`),
@@ -115,7 +116,9 @@ def compare_optimizers(optimizers: Mapping[str, Any], *, model: Any = "tiny", da
     for every run) or a callable returning a fresh one. ``data``: a corpus name (train/val blocks
     loaded once with ``max_tokens``) or a ``[n, seq_len + 1]`` tensor of training blocks (then no
     validation loss). The other arguments are :class:`workbench.train.TrainConfig` fields shared by
-    all runs.
+    all runs. ``callbacks``: a function ``label -> list of subscribers`` called before each run, e.g.
+    ``lambda label: [LiveTraining(title=label).update]`` for a live view per optimizer (shown by
+    the caller), or ``None``.
 
     Returns a DataFrame indexed by label with columns ``optimizer, lr, final_train_loss,
     final_val_loss, best_val_loss, time_to_target_s, step_to_target, step_time_ms, tokens_per_s,
@@ -165,7 +168,9 @@ def compare_optimizers(optimizers: Mapping[str, Any], *, model: Any = "tiny", da
                           eval_batches=eval_batches if val_blocks is not None else 0,
                           target_val_loss=target_val_loss, max_tokens=max_tokens, seed=seed, device=device,
                           progress=progress, checkpoint_interval=0)
-        trainer = Trainer(cfg, model=net, train_data=train_blocks, val_data=val_blocks, optimizer=opt)
+        subscribers = list(callbacks(label)) if callbacks is not None else []
+        trainer = Trainer(cfg, model=net, train_data=train_blocks, val_data=val_blocks, optimizer=opt,
+                          callbacks=subscribers)
         summary = trainer.run()
         n_params = sum(p.numel() for p in net.parameters())
         sb = state_bytes(trainer.optimizer)
