@@ -1,4 +1,6 @@
-"""Data for training runs: built-in corpora, tokenizers, packed blocks and a batch loader.
+"""Data for training runs: built-in corpora, tokenizers, packed blocks and a batch loader;
+data selection (angle concentration, GAIN sampler, top fraction) and mixing (replay, domain
+upsampling).
 
 Everything is local: the ``stdlib`` and ``docs`` corpora come from the running Python
 installation, BPE tokenizers are trained on this machine, user data is read offline
@@ -12,9 +14,11 @@ Example::
     >>> tuple(x.shape), tuple(y.shape)
     ((8, 32), (8, 32))
 """
+from .angles import angle_concentration, find_mlp_input_module
 from .blocks import load_blocks, load_documents, token_stream
 from .corpora import corpus_stats, list_corpora, load_corpus
 from .loader import BlockLoader, eval_batches
+from .sampler import DomainMix, GainSampler, ReplayLoader, select_top, upsample_end
 from .tokenizer import BPETokenizer, ByteTokenizer, get_tokenizer
 
 __all__ = [
@@ -22,4 +26,6 @@ __all__ = [
     "ByteTokenizer", "BPETokenizer", "get_tokenizer",
     "load_blocks", "load_documents", "token_stream",
     "BlockLoader", "eval_batches",
+    "angle_concentration", "find_mlp_input_module",
+    "GainSampler", "select_top", "ReplayLoader", "DomainMix", "upsample_end",
 ]
