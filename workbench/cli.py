@@ -355,7 +355,74 @@ def _curves_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- sparsity
+def _add_sparsity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sparsity", help="update sparsity between two checkpoints, overlap of updates")
+    ssub = p.add_subparsers(dest="sparsity_cmd", required=True, metavar="{diff,overlap}")
+    d = ssub.add_parser("diff", help="per-module-type and overall update sparsity of TUNED vs BASE",
+                        description="BASE and TUNED: transformers model directories, .safetensors, "
+                                    ".bin or .pt files (read with torch.load(weights_only=True)).")
+    d.add_argument("base", help="base checkpoint")
+    d.add_argument("tuned", help="fine-tuned checkpoint")
+    d.add_argument("--atol", type=float, default=1e-5, help="changed when |delta| > ATOL (default 1e-5)")
+    d.add_argument("--rtol", type=float, default=None, help="also report changed when |delta| > RTOL*|w|")
+    d.add_argument("--json", dest="out", help="write the full diff to OUT.json")
+    d.add_argument("--masks", action="store_true", help="keep changed-entry masks in OUT.json (for overlap)")
+    d.add_argument("--intersect", action="store_true", help="compare only tensors present in both")
+    d.set_defaults(func=_sparsity_diff)
+    o = ssub.add_parser("overlap", help="overlap of the updated entries of two diffs saved with --masks")
+    o.add_argument("a", help="diff A.json (from `workbench sparsity diff --masks --json`)")
+    o.add_argument("b", help="diff B.json")
+    o.set_defaults(func=_sparsity_overlap)
+
+
+def _sparsity_diff(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from workbench.sparsity import diff_checkpoints
+
+    if args.masks and not args.out:
+        raise ValueError("--masks needs --json OUT.json to store the masks in")
+    diff = diff_checkpoints(args.base, args.tuned, atol=args.atol, rtol=args.rtol,
+                            intersect=args.intersect, keep_masks=args.masks)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(diff.summary_by("type").to_string(float_format=lambda v: f"{v:.4g}"))
+    o = diff.overall
+    dtypes = sorted({t["dtype"] for t in diff.tensors})
+    print(f"overall sparsity {o['sparsity']:.6f} ({o['changed']} of {o['numel']} entries changed, "
+          f"|delta| > atol={args.atol:g}, dtype {','.join(dtypes)})")
+    if diff.overall_rtol is not None:
+        r = diff.overall_rtol
+        print(f"overall sparsity {r['sparsity']:.6f} at rtol={args.rtol:g} ({r['changed']} changed)")
+    if diff.skipped:
+        print(f"skipped {len(diff.skipped)} tensors not in both: {diff.skipped[:5]}")
+    if args.out:
+        diff.to_json(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _sparsity_overlap(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from workbench.sparsity import SparsityDiff, overlap
+
+    res = overlap(SparsityDiff.load(args.a), SparsityDiff.load(args.b))
+    frame = pd.DataFrame(res["tensors"]).set_index("name")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(frame.to_string(float_format=lambda v: f"{v:.4g}"))
+    o = res["overall"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"overall o1 {f(o['o1'])} (chance {f(o['o1_chance'])}), o2 {f(o['o2'])} "
+          f"(chance {f(o['o2_chance'])}), jaccard {f(o['jaccard'])} (chance {f(o['jaccard_chance'])})")
+    return 0
+
+
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves]
+COMMANDS.append(_add_sparsity)
 
 
 def build_parser() -> argparse.ArgumentParser:
