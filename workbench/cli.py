@@ -421,8 +421,7 @@ def _sparsity_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves]
-COMMANDS.append(_add_sparsity)
+COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity]
 
 
 def build_parser() -> argparse.ArgumentParser:
