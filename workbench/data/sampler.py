@@ -203,6 +203,20 @@ def _check_rows(x, y, where):
                          f"{tuple(y.shape)}")
 
 
+def _compose(sources, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take ``k`` rows from the next batch of each ``(label, loader, k)`` (loaders with k=0 are not
+    advanced) and shuffle them together, seeded by ``(seed, step)``."""
+    parts = []
+    for label, loader, k in sources:
+        if k:
+            x, y = next(loader)
+            _check_rows(x, y, label)
+            if x.shape[0] < k:
+                raise ValueError(f"{label} gave {x.shape[0]} rows, {k} needed")
+            parts.append((x[:k], y[:k]))
+    return _cat_shuffled(parts, seed, step)
+
+
 def _cat_shuffled(parts, seed, step):
     x = torch.cat([p[0] for p in parts])
     y = torch.cat([p[1] for p in parts])
@@ -260,16 +274,8 @@ class ReplayLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = []
-        for name, loader, k in (("new_loader", self.new, self.n_new),
-                                ("old_loader", self.old, self.n_old)):
-            if k:
-                x, y = next(loader)
-                _check_rows(x, y, name)
-                if x.shape[0] < k:
-                    raise ValueError(f"{name} gave {x.shape[0]} rows, {k} needed")
-                parts.append((x[:k], y[:k]))
-        out = _cat_shuffled(parts, self.seed, self.step)
+        out = _compose([("new_loader", self.new, self.n_new), ("old_loader", self.old, self.n_old)],
+                       self.seed, self.step)
         self.step += 1
         return out
 
@@ -360,15 +366,8 @@ class DomainMix:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = []
-        for name, k in self.counts().items():
-            if k:
-                x, y = next(self.loaders[name])
-                _check_rows(x, y, f"loader {name!r}")
-                if x.shape[0] < k:
-                    raise ValueError(f"loader {name!r} gave {x.shape[0]} rows, {k} needed")
-                parts.append((x[:k], y[:k]))
-        out = _cat_shuffled(parts, self.seed, self.step)
+        out = _compose([(f"loader {n!r}", self.loaders[n], k) for n, k in self.counts().items()],
+                       self.seed, self.step)
         self.step += 1
         return out
 
