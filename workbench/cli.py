@@ -421,7 +421,145 @@ def _sparsity_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity]
+# ---------------------------------------------------------------------------- data selection
+def _add_angles(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("angles", help="angle-concentration scores of prompts (GAIN-RL)")
+    asub = p.add_subparsers(dest="angles_cmd", required=True, metavar="{score}")
+    s = asub.add_parser("score", help="score every record of a JSONL file; writes SCORES.jsonl")
+    s.add_argument("--model", required=True, help="preset name (e.g. tiny) or a saved model dir")
+    s.add_argument("--data", required=True, help="input JSONL, one JSON object per line")
+    s.add_argument("--prompt-field", required=True, help="field holding the prompt (question)")
+    s.add_argument("--template-field", default=None,
+                   help="field holding template/system text, placed before the prompt")
+    s.add_argument("--tokenizer", default="byte", help="tokenizer (default byte)")
+    s.add_argument("--batch-size", type=int, default=8, help="records per forward pass")
+    s.add_argument("--max-tokens", type=int, default=None,
+                   help="truncate each prompt so template + prompt fit in this many tokens")
+    s.add_argument("--inter-weight", type=float, default=8.0, help="w in intra + w*inter")
+    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--out", required=True, help="output JSONL: index, intra, inter, score")
+    s.set_defaults(func=_angles_score)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({exc.msg}); write one JSON "
+                                 "object per line") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno} is not a JSON object; write one object per line")
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path} has no records; write one JSON object per line")
+    return records
+
+
+def _field(rec: dict, name: str, where: str) -> str:
+    if name not in rec:
+        raise ValueError(f"record {where} has no field {name!r} (fields: {sorted(rec)[:8]}); "
+                         "pass the right --prompt-field/--template-field")
+    return str(rec[name])
+
+
+def _angles_score(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    from workbench.data import angle_concentration, get_tokenizer
+    from workbench.files import atomic_write_text
+    from workbench.models import build_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    records = _read_jsonl(args.data)
+    tok = get_tokenizer(args.tokenizer)
+    model = build_model(args.model, vocab_size=tok.vocab_size).to(args.device)
+    limit = args.max_tokens or getattr(model.config, "max_position_embeddings", None)
+    segs = []
+    for i, rec in enumerate(records):
+        tmpl = tok.encode(_field(rec, args.template_field, str(i))) if args.template_field else []
+        prompt = tok.encode(_field(rec, args.prompt_field, str(i)))
+        if limit is not None:
+            if len(tmpl) >= limit:
+                raise ValueError(f"record {i}: the template alone has {len(tmpl)} tokens, not "
+                                 f"under the limit {limit}; raise --max-tokens or shorten it")
+            prompt = prompt[:limit - len(tmpl)]
+        segs.append((list(tmpl), list(prompt)))
+
+    def num(v):
+        v = float(v)
+        return v if math.isfinite(v) else None
+
+    lines = []
+    for s in range(0, len(segs), args.batch_size):
+        part = segs[s:s + args.batch_size]
+        width = max(2, max(len(t) + len(p) for t, p in part))
+        ids = torch.zeros(len(part), width, dtype=torch.long)
+        attn = torch.zeros(len(part), width, dtype=torch.bool)
+        tmask = torch.zeros_like(attn)
+        pmask = torch.zeros_like(attn)
+        for b, (t, p) in enumerate(part):  # right padding
+            n = len(t) + len(p)
+            if n:
+                ids[b, :n] = torch.tensor(t + p)
+            attn[b, :n] = True
+            tmask[b, :len(t)] = True
+            pmask[b, len(t):n] = True
+        out = angle_concentration(model, ids, attention_mask=attn, prompt_mask=pmask,
+                                  template_mask=tmask if args.template_field else None,
+                                  inter_weight=args.inter_weight)
+        for b in range(len(part)):
+            lines.append(json.dumps({"index": s + b, "intra": num(out["intra"][b]),
+                                     "inter": num(out["inter"][b]),
+                                     "score": num(out["score"][b])}))
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    missing = sum(1 for line in lines if json.loads(line)["score"] is None)
+    print(f"wrote {len(lines)} scores to {args.out}"
+          + (f" ({missing} without a score: too few prompt or template tokens)" if missing else ""))
+    return 0
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="indices of the top fraction of SCORES.jsonl by score")
+    p.add_argument("--scores", required=True, help="JSONL with index and score per line")
+    p.add_argument("--top", type=float, required=True, help="fraction to keep, in (0, 1]")
+    p.add_argument("--field", default="score", help="field to rank by (default score)")
+    p.add_argument("--out", required=True, help="output JSON list of indices, best first")
+    p.set_defaults(func=_select)
+
+
+def _select(args: argparse.Namespace) -> int:
+    from workbench.data import select_top
+    from workbench.files import atomic_write_text
+
+    rows = _read_jsonl(args.scores)
+    kept = []
+    for i, r in enumerate(rows):
+        if "index" not in r or args.field not in r:
+            raise ValueError(f"{args.scores} line {i + 1} has no 'index' or {args.field!r}; pass a "
+                             "file written by 'workbench angles score' or set --field")
+        if r[args.field] is not None:
+            kept.append(r)
+    if not kept:
+        raise ValueError(f"no record of {args.scores} has a {args.field!r}; nothing to select")
+    top = select_top([float(r[args.field]) for r in kept], args.top)
+    chosen = [kept[int(j)]["index"] for j in top]
+    atomic_write_text(args.out, json.dumps(chosen) + "\n")
+    skipped = len(rows) - len(kept)
+    print(f"selected {len(chosen)} of {len(rows)} records -> {args.out}"
+          + (f" ({skipped} without a {args.field} skipped)" if skipped else ""))
+    return 0
+
+
+COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
+            _add_angles, _add_select]
 
 
 def build_parser() -> argparse.ArgumentParser:

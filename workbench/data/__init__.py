@@ -14,6 +14,7 @@ Example::
     >>> tuple(x.shape), tuple(y.shape)
     ((8, 32), (8, 32))
 """
+from .alignment import RademacherProjector, alignment_scores, gradient_features, per_example_grads
 from .angles import angle_concentration, find_mlp_input_module
 from .blocks import load_blocks, load_documents, token_stream
 from .corpora import corpus_stats, list_corpora, load_corpus
@@ -27,5 +28,6 @@ __all__ = [
     "load_blocks", "load_documents", "token_stream",
     "BlockLoader", "eval_batches",
     "angle_concentration", "find_mlp_input_module",
+    "per_example_grads", "RademacherProjector", "gradient_features", "alignment_scores",
     "GainSampler", "select_top", "ReplayLoader", "DomainMix", "upsample_end",
 ]

@@ -1,4 +1,4 @@
-"""workbench.sparsity: update sparsity between checkpoints, overlap of updated entries.
+"""workbench.sparsity: update sparsity between checkpoints, overlap of updated entries, pruning, retraining.
 
 Example:
     >>> import torch
@@ -7,5 +7,11 @@ Example:
     0.5
 """
 from workbench.sparsity.diff import DEFAULT_MAX_RANK_NUMEL, SparsityDiff, diff_checkpoints, overlap, parse_name
+from workbench.sparsity.prune import (FLAP_TARGETS, flap_prune, flap_scores, input_norms, input_stats,
+                                      magnitude_prune, magnitude_scores, prune_mask, wanda_prune, wanda_scores)
+from workbench.sparsity.retrain import MaskRestorer, MiguHook, perp_parameters, restore_masks
 
-__all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "DEFAULT_MAX_RANK_NUMEL"]
+__all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "DEFAULT_MAX_RANK_NUMEL",
+           "magnitude_scores", "wanda_scores", "prune_mask", "input_norms", "magnitude_prune", "wanda_prune",
+           "flap_scores", "flap_prune", "input_stats", "FLAP_TARGETS",
+           "perp_parameters", "restore_masks", "MaskRestorer", "MiguHook"]

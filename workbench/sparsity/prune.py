@@ -1,8 +1,11 @@
-"""Pruning scores and masks: magnitude ``|W_ij|`` and Wanda ``|W_ij| * ||X_j||_2``.
+"""Pruning scores and masks: magnitude ``|W_ij|``, Wanda ``|W_ij| * ||X_j||_2`` and FLAP fluctuation.
 
 Wanda (Sun et al. 2306.11695) scores each weight by its magnitude times the L2 norm of its input channel
 over calibration tokens, and prunes the lowest scores within each output row. Masks here are ``True`` where
 a weight is pruned.
+
+FLAP (An et al. 2312.11983) prunes whole input channels of the attention output and MLP down projections
+(structured): see :func:`flap_prune`.
 
 Example:
     >>> import torch
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["magnitude_scores", "wanda_scores", "prune_mask", "input_norms", "magnitude_prune",
-           "wanda_prune"]
+           "wanda_prune", "flap_scores", "flap_prune", "input_stats", "FLAP_TARGETS"]
 
 
 def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -123,3 +126,143 @@ def wanda_prune(model: nn.Module, batches, sparsity: float, skip=("lm_head",)) -
                          "batches that run them or add them to skip")
     return _apply(model, {n: (m, wanda_scores(m.weight, norms[n])) for n, m in lin.items()}, sparsity,
                   "row")
+
+
+# --------------------------------------------------------------------------------------------- FLAP
+#: module-name suffixes FLAP prunes: Llama attention output / MLP down, GPT-2 attn.c_proj / mlp.c_proj
+FLAP_TARGETS = ("o_proj", "down_proj", "attn.c_proj", "mlp.c_proj")
+
+
+def _is_conv1d(m) -> bool:   # transformers' GPT-2 Conv1D: weight (in, out), y = x @ W + b
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def _in_features(m) -> int:
+    return m.weight.shape[0] if _is_conv1d(m) else m.in_features
+
+
+def _weight_out_in(m) -> torch.Tensor:
+    """The weight as an (out, in) view for ``nn.Linear`` and transformers ``Conv1D``."""
+    return m.weight.t() if _is_conv1d(m) else m.weight
+
+
+def _targets(model: nn.Module, targets) -> dict[str, nn.Module]:
+    found = {name: m for name, m in model.named_modules()
+             if (isinstance(m, nn.Linear) or _is_conv1d(m)) and any(name.endswith(t) for t in targets)}
+    if not found:
+        raise ValueError(f"no nn.Linear / Conv1D module name ends with any of {tuple(targets)}; pass "
+                         "targets=(...) naming the attention output and MLP down projections of this model")
+    return found
+
+
+def _run(model, batches) -> int:
+    n = 0
+    for batch in batches:
+        model(**batch) if isinstance(batch, dict) else model(batch)
+        n += 1
+    if n == 0:
+        raise ValueError("batches is empty; pass at least one calibration batch")
+    return n
+
+
+@torch.no_grad()
+def input_stats(model: nn.Module, batches, targets=FLAP_TARGETS) -> dict[str, dict]:
+    """Per-input-channel mean and population variance (1/N) of the inputs of the ``targets`` modules.
+
+    Streamed over tokens with forward pre-hooks (Chan et al.'s parallel update of count, mean and sum of
+    squared deviations, float64), so no activation is stored. Returns name -> {"n", "mean", "var"}.
+    """
+    state: dict[str, list] = {}
+    hooks = []
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].detach().double().reshape(-1, _in_features(module))
+            nb = x.shape[0]
+            if nb == 0:
+                return
+            mb = x.mean(0)
+            m2b = (x - mb).pow(2).sum(0)
+            if name not in state:
+                state[name] = [nb, mb, m2b]
+                return
+            na, ma, m2a = state[name]
+            n = na + nb
+            delta = mb - ma
+            state[name] = [n, ma + delta * (nb / n), m2a + m2b + delta.pow(2) * (na * nb / n)]
+        return fn
+
+    mods = _targets(model, targets)
+    for name, m in mods.items():
+        hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        _run(model, batches)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = sorted(set(mods) - set(state))
+    if missing:
+        raise ValueError(f"modules {missing[:5]} saw no input on the calibration batches; pass batches that "
+                         "run them or leave them out of targets")
+    return {k: {"n": n, "mean": mean.float(), "var": (m2 / n).float()} for k, (n, mean, m2) in state.items()}
+
+
+def flap_scores(weight: torch.Tensor, input_var: torch.Tensor) -> torch.Tensor:
+    """FLAP fluctuation ``S_j = Var_n(X_nj) * ||W_:,j||^2``; ``weight`` is (out, in), returns (in,).
+
+    >>> flap_scores(torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([1.0, 0.5])).tolist()
+    [1.0, 2.5]
+    """
+    if weight.dim() != 2 or input_var.shape != (weight.shape[1],):
+        raise ValueError(f"flap_scores needs an (out, in) weight and an (in,) variance, got "
+                         f"{list(weight.shape)} and {list(input_var.shape)}; collect the variance with "
+                         "input_stats(model, batches)")
+    return input_var.detach().float().to(weight.device) * weight.detach().float().pow(2).sum(0)
+
+
+@torch.no_grad()
+def flap_prune(model: nn.Module, calibration_batches, ratio: float, targets=FLAP_TARGETS,
+               compensate: bool = True) -> dict[str, torch.Tensor]:
+    """FLAP structured pruning in place; returns module name -> (in,) bool mask (True = channel pruned).
+
+    1. ``input_stats`` on ``calibration_batches``; 2. ``S = flap_scores(W, var)`` per module;
+    3. standardise per module, ``(S - S.mean()) / S.std()`` (torch's default, unbiased std; a module whose
+    scores are all equal standardises to 0); 4. prune the ``floor(ratio * total channels)`` lowest
+    standardised scores over all modules (one global threshold, ties broken by module order);
+    5. bias compensation ``b += W (mean(X) * mask)`` so that an input equal to the calibration mean gives
+    the same output as before, then zero the pruned input columns of ``W``.
+
+    A module without a bias (Llama's ``Linear(bias=False)``) gets one: a zero-initialised ``nn.Parameter``
+    is registered as its ``bias`` in place (``F.linear`` then adds it; the state dict gains
+    ``<name>.bias``). Channels are pruned one by one, not whole attention heads as in the paper.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1) (the fraction of input channels to prune), got {ratio!r}")
+    stats = input_stats(model, calibration_batches, targets)
+    mods = _targets(model, targets)
+    names = list(mods)
+    std = []
+    for name in names:
+        s = flap_scores(_weight_out_in(mods[name]), stats[name]["var"]).double()
+        sd = s.std() if s.numel() > 1 else s.new_zeros(())
+        std.append((s - s.mean()) / sd if sd > 0 else torch.zeros_like(s))
+    flat = torch.cat([z.cpu() for z in std])
+    k = int(ratio * flat.numel())
+    pruned = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k:
+        pruned[torch.argsort(flat, stable=True)[:k]] = True
+    masks, start = {}, 0
+    for name, z in zip(names, std):
+        m = mods[name]
+        mask = pruned[start:start + z.numel()].to(m.weight.device)
+        start += z.numel()
+        w = _weight_out_in(m)
+        if compensate and mask.any():
+            mean = stats[name]["mean"].to(w.device, torch.float32)
+            comp = (w.float() @ (mean * mask)).to(w.dtype)
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+            m.bias += comp
+        w[:, mask] = 0
+        masks[name] = mask
+    return masks
