@@ -45,6 +45,51 @@ def test_subset_without_replacement_and_seeded():
     assert list(s) != a
 
 
+def test_narrow_sigma_draws_the_nearest_ranks_not_arbitrary_items():
+    # sigma so small that every weight but one underflows to 0: the subset must still be the
+    # ranks nearest mu (torch.multinomial alone fills it with arbitrary zero-weight items)
+    g = torch.Generator().manual_seed(4)
+    scores = torch.rand(40, generator=g)
+    order = sorted(range(40), key=lambda i: (-float(scores[i]), i))       # brute-force ranking
+    for mu, k in ((0.0, 7), (11.3, 5), (39.0, 3)):
+        s = GainSampler(scores, subset_size=k, mu=mu, sigma=1e-3, seed=1)
+        assert int((s.weights() > 0).sum()) < k                          # the underflow case
+        nearest = sorted(range(40), key=lambda r: abs(r - mu))[:k]
+        for e in range(3):
+            s.set_epoch(e)
+            assert sorted(list(s)) == sorted(order[r] for r in nearest)
+    s = GainSampler(scores, subset_size=7, sigma=1e-3)
+    assert list(s) == order[:7]                                            # drawn best first
+
+
+def test_underflow_draw_keeps_relative_weights():
+    # mu just below 1.5 with sigma 0.03: ranks 0 and 3 underflow to probability 0 but their
+    # weight ratio is e^(3*eps/sigma^2) = 3; ranks 1 and 2 have ratio e^(eps/sigma^2).
+    sigma = 0.03
+    eps = math.log(3.0) * sigma ** 2 / 3
+    s = GainSampler(torch.tensor([4.0, 3.0, 2.0, 1.0]), subset_size=3, mu=1.5 - eps, sigma=sigma)
+    assert int((s.weights() > 0).sum()) == 2
+    r12 = math.exp(eps / sigma ** 2)
+    draws, first1, third0 = 4000, 0, 0
+    for e in range(draws):
+        s.set_epoch(e)
+        a, b, c = list(s)
+        assert {a, b} == {1, 2}
+        first1 += a == 1
+        third0 += c == 0
+    assert stats.binomtest(first1, draws, r12 / (1 + r12)).pvalue > 1e-3
+    assert stats.binomtest(third0, draws, 0.75).pvalue > 1e-3
+
+
+def test_ordinary_draw_is_one_multinomial_call():
+    from workbench.data.sampler import _generator
+    s = GainSampler(torch.rand(30, generator=torch.Generator().manual_seed(5)), 6, mu=4.0,
+                    sigma=3.0, seed=2)
+    s.set_epoch(3)
+    want = torch.multinomial(s.weights(), 6, replacement=False, generator=_generator(2, 3))
+    assert list(s) == want.tolist()
+
+
 def test_centre_moves_as_specified():
     s = GainSampler(torch.arange(3000.0), 10)
     assert s.update(0.8) == pytest.approx(500 * math.tanh(2 * 0.3))

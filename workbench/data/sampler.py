@@ -98,7 +98,9 @@ class GainSampler(Sampler[int]):
     Items are ranked by ``scores`` descending (ties: lower index first). Rank ``i`` has
     weight ``exp(-((i - mu) / sigma)^2 / 2)``; iterating draws ``subset_size`` distinct
     items with ``torch.multinomial`` (without replacement) from a generator seeded with
-    ``(seed, epoch)``, so iterating twice in one epoch gives the same items. After each
+    ``(seed, epoch)``, so iterating twice in one epoch gives the same items (when the
+    weights of a narrow ``sigma`` underflow to 0 for all but fewer than ``subset_size``
+    items, the same draw is done in log space by Gumbel top-k). After each
     epoch call :meth:`update`, which moves ``mu`` by
     ``clamp(n*tanh(a*(accuracy - beta)) + n*tanh(a*angle_signal), adj_min, adj_max)`` and
     advances the epoch. ``state_dict()`` holds ints and floats only; a sampler that loads it
@@ -113,6 +115,8 @@ class GainSampler(Sampler[int]):
         >>> t = GainSampler(torch.arange(10.0), subset_size=3); t.load_state_dict(s.state_dict())
         >>> list(t) == list(s)
         True
+        >>> list(GainSampler(torch.arange(6.0), subset_size=3, sigma=1e-3))   # narrow: the top 3
+        [5, 4, 3]
     """
 
     def __init__(self, scores, subset_size: int, mu: float = 0.0, sigma: float = 1000.0,
@@ -138,18 +142,32 @@ class GainSampler(Sampler[int]):
         self.seed = _nonneg_int("seed", seed)
         self.epoch = 0
 
+    def log_weights(self) -> torch.Tensor:
+        """Unnormalised log weight ``-((rank - mu) / sigma)^2 / 2`` of each item (float64)."""
+        z = (self.rank.double() - self.mu) / self.sigma
+        return -0.5 * z * z
+
     def weights(self) -> torch.Tensor:
         """Current draw probability of each item (float64, sums to 1; item order, not rank)."""
-        z = (self.rank.double() - self.mu) / self.sigma
-        logw = -0.5 * z * z
-        return torch.softmax(logw, 0)  # shifted by the max: never all zero
+        return torch.softmax(self.log_weights(), 0)  # shifted by the max: never all zero
 
     def __len__(self) -> int:
         return self.subset_size
 
     def __iter__(self) -> Iterator[int]:
         g = _generator(self.seed, self.epoch)
-        idx = torch.multinomial(self.weights(), self.subset_size, replacement=False, generator=g)
+        w = self.weights()
+        if int((w > 0).sum()) >= self.subset_size:
+            idx = torch.multinomial(w, self.subset_size, replacement=False, generator=g)
+        else:
+            # A narrow sigma underflows far ranks to probability 0, and torch.multinomial then
+            # fills the subset with arbitrary zero-weight items. Draw in log space instead:
+            # Gumbel top-k is the same sequential draw without replacement (each pick with
+            # probability proportional to the remaining weights), computed without underflow.
+            u = torch.rand(self.num_items, generator=g, dtype=torch.float64)
+            u = u.clamp(min=torch.finfo(torch.float64).tiny)
+            keys = self.log_weights() - torch.log(-torch.log(u))
+            idx = torch.topk(keys, self.subset_size).indices
         return iter(idx.tolist())
 
     def set_epoch(self, epoch: int) -> None:
