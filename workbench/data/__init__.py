@@ -20,6 +20,8 @@ from .blocks import load_blocks, load_documents, token_stream
 from .corpora import corpus_stats, list_corpora, load_corpus
 from .loader import BlockLoader, eval_batches
 from .sampler import DomainMix, GainSampler, ReplayLoader, select_top, upsample_end
+from .tasks import (answer_correct, arithmetic_examples, encode_examples, encode_prompts,
+                    exact_match, first_step_reaching, generate_answers, train_on_task)
 from .tokenizer import BPETokenizer, ByteTokenizer, get_tokenizer
 
 __all__ = [
@@ -30,4 +32,6 @@ __all__ = [
     "angle_concentration", "find_mlp_input_module",
     "per_example_grads", "RademacherProjector", "gradient_features", "alignment_scores",
     "GainSampler", "select_top", "ReplayLoader", "DomainMix", "upsample_end",
+    "arithmetic_examples", "encode_examples", "encode_prompts", "generate_answers",
+    "answer_correct", "exact_match", "train_on_task", "first_step_reaching",
 ]
