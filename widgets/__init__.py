@@ -2,8 +2,9 @@
 
 Thin views over the core objects in :mod:`workbench`: no maths lives here.
 """
+from workbench.widgets.angles import AngleSelector
 from workbench.widgets.designer import ScheduleDesigner
 from workbench.widgets.fitter import CurveFitter
 from workbench.widgets.live import LiveTraining
 
-__all__ = ["ScheduleDesigner", "LiveTraining", "CurveFitter"]
+__all__ = ["ScheduleDesigner", "LiveTraining", "CurveFitter", "AngleSelector"]
