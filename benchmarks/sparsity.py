@@ -10,7 +10,8 @@ plain read). Peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of the dif
 child process and compared with ``3 x the largest tensor + the fixed overhead`` (the peak RSS of a child
 that only imports torch and workbench.sparsity and opens nothing). RSS counts the file-backed pages of
 the memory maps that a safetensors handle has touched, so the peak of a child that only reads both files
-is printed next to it.
+is printed next to it; diff_checkpoints itself reads byte ranges with plain file reads (no memory map), in
+chunks, so its RSS stays near the overhead. Torch runs ``--threads`` threads (default 1) in every child.
 
     python benchmarks/sparsity.py                  # ~1 GB per checkpoint
     python benchmarks/sparsity.py --size-mb 100    # quicker
@@ -24,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+THREADS = 1
+
 
 def make_pair(directory, size_mb, dtype, density, n_large=4, small_numel=65536, seed=0):
     """Write base.safetensors and tuned.safetensors; returns (paths, largest tensor bytes, tensor count)."""
@@ -65,7 +69,7 @@ def read_both(paths):
 def child(*args):
     """Run this script in a fresh process (mode + arguments); returns the JSON it prints. The parent never
     imports torch, so the children's ru_maxrss (inherited across fork/exec) starts from a small process."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, WB_BENCH_THREADS=str(THREADS), PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *map(str, args)],
                          capture_output=True, text=True, env=env)
@@ -77,6 +81,7 @@ def child(*args):
 def run_child(mode, args):
     import torch
 
+    torch.set_num_threads(int(os.environ.get("WB_BENCH_THREADS", "1")))
     if mode == "make":
         paths, largest, n = make_pair(args[0], int(args[1]), getattr(torch, args[2]), float(args[3]))
         res = {"paths": paths, "largest": largest, "n": n}
@@ -122,7 +127,10 @@ def main():
     ap.add_argument("--max-rank-numel", type=int, default=1 << 22,
                     help="diff_checkpoints' SVD limit (default 2**22, the library default)")
     ap.add_argument("--dir", default=None, help="where to write the pair (default: a temporary directory)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the children (default 1)")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t0 = time.perf_counter()
         made = child("make", tmp, args.size_mb, args.dtype, args.density)

@@ -6,5 +6,6 @@ from workbench.widgets.angles import AngleSelector
 from workbench.widgets.designer import ScheduleDesigner
 from workbench.widgets.fitter import CurveFitter
 from workbench.widgets.live import LiveTraining
+from workbench.widgets.sparsity import SparsityInspector
 
-__all__ = ["ScheduleDesigner", "LiveTraining", "CurveFitter", "AngleSelector"]
+__all__ = ["ScheduleDesigner", "LiveTraining", "CurveFitter", "AngleSelector", "SparsityInspector"]

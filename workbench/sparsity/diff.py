@@ -8,8 +8,9 @@ result records the dtype, ``atol`` and (when given) the ``rtol`` variant next to
 Checkpoints may be transformers model directories (sharded safetensors with
 ``model.safetensors.index.json``, or one ``model.safetensors``), single ``.safetensors`` files,
 ``.bin``/``.pt`` files (read only with ``torch.load(weights_only=True)``), ``nn.Module``s or state dicts.
-Safetensors are memory-mapped and read one tensor at a time, aligned by name across shards; each shard's
-handle is released as soon as the walk leaves it.
+Safetensors are read with plain file reads of each tensor's byte range, in chunks, aligned by name across
+shards (no memory map, so the file pages stay in the OS page cache, not in the process); each shard's file
+is closed as soon as the walk leaves it.
 
 Example:
     >>> import torch
@@ -36,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench.files import atomic_write_text
 
-__all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "DEFAULT_MAX_RANK_NUMEL"]
+__all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "matrix_type", "snap_tolerance",
+           "DEFAULT_MAX_RANK_NUMEL", "TOLERANCE_GRID", "GRID_TYPES", "CHUNK_ELEMENTS"]
 
 DEFAULT_MAX_RANK_NUMEL = 1 << 22  # 2-D deltas above this many entries get rank None (SVD cost)
 _FORMAT = "workbench.sparsity.diff/1"
@@ -79,7 +82,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # ----------------------------------------------------------------------------------------- readers
 class _Reader:
-    """Name -> (shape, dtype) metadata, tensors on demand; ``group(name)`` orders the walk."""
+    """Name -> (shape, dtype) metadata, flat element ranges on demand; ``group(name)`` orders the walk.
+
+    ``read(name, start, stop)`` returns elements ``[start, stop)`` of the flattened tensor; the result may
+    be a view of a buffer the reader reuses on its next call, so callers use it before reading again.
+    """
 
     def __init__(self, meta: dict, describe: str):
         self.meta = meta
@@ -88,7 +95,7 @@ class _Reader:
     def group(self, name: str) -> int:
         return 0
 
-    def get(self, name: str) -> torch.Tensor:
+    def read(self, name: str, start: int, stop: int) -> torch.Tensor:
         raise NotImplementedError
 
     def release(self) -> None:
@@ -102,35 +109,59 @@ class _DictReader(_Reader):
             raise ValueError(f"{describe}: entries {bad[:5]} are not tensors; pass a state dict that maps "
                              "parameter names to tensors (e.g. model.state_dict())")
         self.state = state
+        self._flat = (None, None)
         super().__init__({k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}, describe)
 
-    def get(self, name):
-        return self.state[name].detach()
+    def read(self, name, start, stop):
+        if self._flat[0] != name:
+            self._flat = (name, self.state[name].detach().reshape(-1))  # a view unless non-contiguous
+        return self._flat[1][start:stop]
+
+    def release(self):
+        self._flat = (None, None)
 
 
-def _st_header(path: Path) -> dict:
+def _st_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header (without ``__metadata__``) and the byte offset where the data starts."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
     header.pop("__metadata__", None)
-    return header
+    return header, 8 + n
 
 
 class _SafetensorsReader(_Reader):
-    """One or more safetensors shards; holds at most one open (memory-mapped) handle."""
+    """One or more safetensors shards, read with plain file reads of each tensor's byte range.
+
+    Nothing is memory-mapped: element ranges are read (``readinto``) into one reused buffer, so the
+    process holds at most one chunk per checkpoint however large the files are (the OS page cache keeps
+    the file data, outside the process's RSS). At most one shard file is open at a time.
+    """
 
     def __init__(self, files: dict[str, Path], describe: str):
         self.files = files  # name -> shard path
         shards = sorted(set(files.values()))
         self._shard_idx = {p: i for i, p in enumerate(shards)}
-        meta = {}
+        meta, self._where = {}, {}
         for shard in shards:
             if not shard.is_file():
                 raise FileNotFoundError(f"{describe}: shard {shard} listed in the index is missing")
-            header = _st_header(shard)
+            header, data_start = _st_header(shard)
             for name, info in header.items():
                 if files.get(name) == shard:
-                    meta[name] = (tuple(info["shape"]), _ST_DTYPES.get(info["dtype"], info["dtype"]))
+                    dtype = _ST_DTYPES.get(info["dtype"], info["dtype"])
+                    shape = tuple(info["shape"])
+                    begin, end = info["data_offsets"]
+                    tdtype = getattr(torch, dtype, None)
+                    if not isinstance(tdtype, torch.dtype):
+                        raise ValueError(f"{describe}: tensor {name!r} has dtype {info['dtype']}, which torch "
+                                         "cannot read; convert the checkpoint to a float dtype")
+                    elem = torch.empty((), dtype=tdtype).element_size()
+                    if end - begin != math.prod(shape) * elem:
+                        raise ValueError(f"{describe}: tensor {name!r} in {shard.name} has {end - begin} bytes "
+                                         f"for shape {list(shape)} {dtype}; the file is corrupt, re-save it")
+                    meta[name] = (shape, dtype)
+                    self._where[name] = (data_start + begin, tdtype, elem)
         missing = sorted(set(files) - set(meta))
         if missing:
             raise ValueError(f"{describe}: tensors {missing[:5]} are in the index but not in their shard; "
@@ -138,29 +169,40 @@ class _SafetensorsReader(_Reader):
         super().__init__(meta, describe)
         self._path = None
         self._handle = None
+        self._buf = torch.empty(0, dtype=torch.uint8)
         self.opened = 0  # how many times a shard was opened (tests check the streaming)
 
     def group(self, name):
         return self._shard_idx[self.files[name]]
 
-    def get(self, name):
-        from safetensors import safe_open
-
+    def read(self, name, start, stop):
         path = self.files[name]
         if path != self._path:
             self.release()
-            self._handle = safe_open(str(path), framework="pt", device="cpu")
+            self._handle = open(path, "rb", buffering=0)
             self._path = path
             self.opened += 1
-        return self._handle.get_tensor(name)
+        offset, dtype, elem = self._where[name]
+        nbytes = (stop - start) * elem
+        if self._buf.numel() < nbytes:
+            self._buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(self._buf.numpy())[:nbytes]
+        self._handle.seek(offset + start * elem)
+        got = 0
+        while got < nbytes:
+            n = self._handle.readinto(view[got:])
+            if not n:
+                raise ValueError(f"{self.describe}: {path} ends before the data of {name!r}; the file is "
+                                 "truncated, re-save it")
+            got += n
+        return self._buf[:nbytes].view(dtype)
 
     def release(self):
         if self._handle is not None:
-            exit_ = getattr(self._handle, "__exit__", None)
-            if exit_ is not None:
-                exit_(None, None, None)
+            self._handle.close()
         self._handle = None
         self._path = None
+        self._buf = torch.empty(0, dtype=torch.uint8)
 
 
 def _torch_load(path: Path):
@@ -234,10 +276,18 @@ def _open(src, role: str) -> _Reader:
 
 
 def _st_single(path: Path, describe: str) -> _SafetensorsReader:
-    return _SafetensorsReader({name: path for name in _st_header(path)}, describe)
+    return _SafetensorsReader({name: path for name in _st_header(path)[0]}, describe)
 
 
 # ------------------------------------------------------------------------------------- statistics
+#: Tolerance grid of the cached histograms: 8 log-spaced edges per decade from 1e-10 to 10, each rounded to
+#: two significant digits (1e-05, 1.3e-05, 1.8e-05, 2.4e-05, 3.2e-05, 4.2e-05, 5.6e-05, 7.5e-05, 1e-04, ...).
+TOLERANCE_GRID: tuple = tuple(float(f"{10 ** (k / 8):.2g}") for k in range(-80, 9))
+CHUNK_ELEMENTS = 1 << 22  # elements per streamed chunk (16 MiB of float32 per checkpoint)
+# Columns of SparsityDiff.grid, in order (other module types follow, sorted).
+GRID_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "norms", "embed")
+
+
 def _pack(mask: torch.Tensor) -> bytes:
     return np.packbits(mask.reshape(-1).numpy()).tobytes()
 
@@ -248,41 +298,138 @@ def _unpack(data: bytes, shape) -> np.ndarray:
     return bits.astype(bool).reshape(shape)
 
 
-def _tensor_stats(name, b, t, atol, rtol, max_rank_numel):
-    compute = torch.float64 if torch.float64 in (b.dtype, t.dtype) else torch.float32
-    bc = b.to(compute)
-    delta = t.to(compute) - bc
-    absd = delta.abs()
-    changed_mask = absd > atol
-    numel = b.numel()
-    changed = int(changed_mask.sum())
+def matrix_type(kind: str) -> str:
+    """The :meth:`SparsityDiff.grid` column of a module type from :func:`parse_name`.
+
+    >>> [matrix_type(k) for k in ("q_proj", "input_layernorm", "embed_tokens", "lm_head")]
+    ['q_proj', 'norms', 'embed', 'lm_head']
+    """
+    base = kind[:-5] if kind.endswith(".bias") else kind
+    if "norm" in base or base in ("ln_1", "ln_2", "ln_f"):
+        return "norms" if base == kind else "norms.bias"
+    if "embed" in base or base in ("wte", "wpe"):
+        return "embed" if base == kind else "embed.bias"
+    return kind
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+         torch.bfloat16: torch.int16}
+
+
+class _Acc:
+    """Running per-tensor statistics over the streamed chunks of one tensor pair."""
+
+    def __init__(self, shape, n_edges, keep_mask):
+        self.shape = shape
+        self.cols = shape[1] if len(shape) == 2 else None
+        self.changed = 0
+        self.changed_rtol = 0
+        self.zeros = 0
+        self.abs_hist = np.zeros(n_edges + 1, dtype=np.int64)
+        self.rel_hist = np.zeros(n_edges + 1, dtype=np.int64)
+        self.delta_sq = 0.0
+        self.base_sq = 0.0
+        self.max_abs = 0.0
+        self.row_changed = np.zeros(shape[0], dtype=np.int64) if self.cols is not None else None
+        self.col_changed = np.zeros(self.cols, dtype=np.int64) if self.cols is not None else None
+        self.mask_parts = [] if keep_mask else None
+
+
+def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
+    """Fold the flat chunk pair ``bf``, ``tf`` (elements ``start..``) into ``acc``.
+
+    Floating chunks first find the entries that differ at all (``tuned != base``, exact in the stored
+    dtype); when fewer than a quarter differ only those are converted and examined, otherwise the whole
+    chunk is. Both paths give the same numbers.
+    """
+    n = bf.numel()
+    idx = None
+    bits = _BITS.get(bf.dtype)
+    if bits is not None:
+        # bit patterns differ wherever the values do (bit-equal NaNs and +0/-0 pairs have delta NaN/0, which
+        # count as unchanged either way); numpy's flatnonzero is several times faster than torch.nonzero
+        found = np.flatnonzero(np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy()))
+        if 4 * len(found) < n:
+            idx = torch.from_numpy(found)
+            bv, tv = bf[idx].to(compute), tf[idx].to(compute)
+    if idx is None:
+        bv, tv = bf.to(compute), tf.to(compute)
+    absd = torch.nan_to_num((tv - bv).abs_(), nan=0.0)  # NaN deltas count as unchanged, like |nan| > atol
+    nz = int(torch.count_nonzero(absd))
+    acc.zeros += n - nz
+    hist = torch.bincount(torch.bucketize(absd, edges), minlength=len(edges) + 1).numpy()
+    absb = bv.abs()
+    rel = torch.nan_to_num(absd / absb, nan=0.0)  # 0/0 -> unchanged, x/0 -> inf (changed at every rtol)
+    rhist = torch.bincount(torch.bucketize(rel, edges), minlength=len(edges) + 1).numpy()
+    if idx is not None:  # the entries equal in both sit below every edge
+        hist[0] += n - len(idx)
+        rhist[0] += n - len(idx)
+    acc.abs_hist += hist
+    acc.rel_hist += rhist
+    ch = absd > atol
+    acc.changed += int(torch.count_nonzero(ch))
+    if rtol is not None:
+        acc.changed_rtol += int(torch.count_nonzero(absd > rtol * absb))
+    if absd.numel():
+        acc.max_abs = max(acc.max_abs, float(absd.max()))
+        acc.delta_sq += float(torch.linalg.vector_norm(absd, dtype=torch.float64)) ** 2
+    full = bf if bf.dtype == compute else (bv if idx is None else bf.to(compute))
+    acc.base_sq += float(torch.dot(full, full))
+    if acc.cols is not None or acc.mask_parts is not None:
+        local = torch.nonzero(ch).squeeze(1) if idx is None else idx[ch]
+        if acc.cols is not None:
+            g = local + start
+            acc.row_changed += torch.bincount(g // acc.cols, minlength=acc.shape[0]).numpy()
+            acc.col_changed += torch.bincount(g % acc.cols, minlength=acc.cols).numpy()
+        if acc.mask_parts is not None:
+            m = torch.zeros(n, dtype=torch.bool)
+            m[local] = True
+            acc.mask_parts.append(m.numpy())
+
+
+def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=CHUNK_ELEMENTS):
+    """Stream one tensor pair in chunks; returns (row dict, stats dict, packed mask or None)."""
+    dtype = getattr(torch, rb.meta[name][1])
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    numel = math.prod(shape)
+    edges = torch.tensor(TOLERANCE_GRID, dtype=compute)
+    acc = _Acc(shape, len(edges), keep_mask)
+    want_svd = len(shape) == 2 and 0 < numel <= max_rank_numel
+    step = numel if want_svd else max(8, chunk // 8 * 8)  # multiples of 8 keep the packed mask aligned
+    delta = None
+    for start in range(0, numel, step):
+        stop = min(numel, start + step)
+        bf, tf = rb.read(name, start, stop), rt.read(name, start, stop)
+        _chunk_stats(acc, bf, tf, start, compute, atol, rtol, edges)
+        if want_svd:
+            delta = (tf.to(compute) - bf.to(compute)).reshape(shape).to(torch.float32)
+        del bf, tf
     layer, kind = parse_name(name)
-    base_norm = float(torch.linalg.vector_norm(bc))
-    delta_norm = float(torch.linalg.vector_norm(delta))
+    base_norm, delta_norm = math.sqrt(acc.base_sq), math.sqrt(acc.delta_sq)
     row = {
-        "name": name, "layer": layer, "type": kind, "dtype": _dtype_name(b.dtype),
-        "shape": list(b.shape), "numel": numel, "changed": changed,
-        "sparsity": 1.0 - changed / numel if numel else 1.0,
+        "name": name, "layer": layer, "type": kind, "dtype": _dtype_name(dtype),
+        "shape": list(shape), "numel": numel, "changed": acc.changed,
+        "sparsity": 1.0 - acc.changed / numel if numel else 1.0,
         "atol": atol, "rtol": rtol, "changed_rtol": None, "sparsity_rtol": None,
         "delta_norm": delta_norm, "base_norm": base_norm,
         "rel_update": delta_norm / base_norm if base_norm > 0 else None,
-        "max_abs_delta": float(absd.max()) if numel else 0.0,
+        "max_abs_delta": acc.max_abs,
         "row_sparsity": None, "col_sparsity": None,
         "rank": None, "rank_tol": None, "rank_max": None, "effective_rank": None,
     }
     if rtol is not None:
-        changed_r = int((absd > rtol * bc.abs()).sum())
-        row["changed_rtol"] = changed_r
-        row["sparsity_rtol"] = 1.0 - changed_r / numel if numel else 1.0
-    if b.dim() == 2 and numel:
-        row["row_sparsity"] = int((~changed_mask.any(dim=1)).sum()) / b.shape[0]
-        row["col_sparsity"] = int((~changed_mask.any(dim=0)).sum()) / b.shape[1]
-        row["rank_max"] = min(b.shape)
-        if numel <= max_rank_numel:
-            d32 = delta.to(torch.float32)
-            s = torch.linalg.svdvals(d32)
+        row["changed_rtol"] = acc.changed_rtol
+        row["sparsity_rtol"] = 1.0 - acc.changed_rtol / numel if numel else 1.0
+    stats = {"zeros": acc.zeros, "abs_hist": acc.abs_hist, "rel_hist": acc.rel_hist,
+             "row_changed": acc.row_changed, "col_changed": acc.col_changed, "svals": None}
+    if len(shape) == 2 and numel:
+        row["row_sparsity"] = int((acc.row_changed == 0).sum()) / shape[0]
+        row["col_sparsity"] = int((acc.col_changed == 0).sum()) / shape[1]
+        row["rank_max"] = min(shape)
+        if delta is not None:
+            s = torch.linalg.svdvals(delta)
             smax = float(s.max())
-            tol = smax * max(b.shape) * torch.finfo(torch.float32).eps  # matrix_rank's default
+            tol = smax * max(shape) * torch.finfo(torch.float32).eps  # matrix_rank's default
             row["rank"] = int((s > tol).sum())
             row["rank_tol"] = tol
             total = float(s.sum())
@@ -292,7 +439,70 @@ def _tensor_stats(name, b, t, atol, rtol, max_rank_numel):
                 row["effective_rank"] = float(torch.exp(-(p * p.log()).sum()))
             else:
                 row["effective_rank"] = 0.0
-    return row, changed_mask
+            stats["svals"] = s.numpy().astype(np.float32)
+    mask = None
+    if keep_mask:
+        mask = np.packbits(np.concatenate(acc.mask_parts) if acc.mask_parts else
+                           np.zeros(0, dtype=bool)).tobytes()
+    return row, stats, mask
+
+
+def _snap_to(value: float, what: str, edges=TOLERANCE_GRID) -> tuple[int, float]:
+    """Index of the grid edge nearest ``value`` in log space (-1 for 0) and that edge."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.floating)) and value >= 0
+                                       and math.isfinite(value)):
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if value == 0:
+        return -1, 0.0
+    logs = np.log10(np.asarray(edges))
+    k = int(np.argmin(np.abs(logs - math.log10(value))))
+    return k, float(edges[k])
+
+
+def snap_tolerance(value: float) -> float:
+    """The grid edge (:data:`TOLERANCE_GRID`) nearest ``value`` in log space; 0 stays 0.
+
+    >>> snap_tolerance(1e-5), snap_tolerance(1.1e-5), snap_tolerance(1e-12), snap_tolerance(0)
+    (1e-05, 1e-05, 1e-10, 0.0)
+    """
+    return _snap_to(value, "the tolerance")[1]
+
+
+def _b64(arr, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(arr, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _unb64(text: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
+
+
+def _hist_to_json(h: np.ndarray) -> list:
+    nz = np.flatnonzero(h)
+    return [[int(i), int(h[i])] for i in nz]  # sparse [bin, count] pairs
+
+
+def _hist_from_json(pairs, n_bins: int) -> np.ndarray:
+    h = np.zeros(n_bins, dtype=np.int64)
+    for i, c in pairs:
+        h[int(i)] = int(c)
+    return h
+
+
+def _stats_to_json(s: dict) -> dict:
+    out = {"zeros": int(s["zeros"]), "abs_hist": _hist_to_json(s["abs_hist"]),
+           "rel_hist": _hist_to_json(s["rel_hist"])}
+    for key, dt in (("row_changed", "<i8"), ("col_changed", "<i8"), ("svals", "<f4")):
+        out[key] = None if s[key] is None else _b64(s[key], dt)
+    return out
+
+
+def _stats_from_json(d: dict, n_bins: int) -> dict:
+    out = {"zeros": int(d["zeros"]), "abs_hist": _hist_from_json(d["abs_hist"], n_bins),
+           "rel_hist": _hist_from_json(d["rel_hist"], n_bins)}
+    for key, dt in (("row_changed", "<i8"), ("col_changed", "<i8"), ("svals", "<f4")):
+        out[key] = None if d.get(key) is None else _unb64(d[key], dt).astype(
+            np.float32 if key == "svals" else np.int64)
+    return out
 
 
 class SparsityDiff:
@@ -304,6 +514,14 @@ class SparsityDiff:
     ``overall_rtol`` the same at ``rtol`` (None without it). ``masks``: name -> bit-packed bytes of the
     changed-at-atol mask (only with ``keep_masks=True``); :meth:`mask` unpacks one.
 
+    Cached statistics for re-thresholding without re-reading the checkpoints, ``stats[name]``: ``zeros``
+    (entries with ``delta == 0``; NaN deltas count here too), ``abs_hist``/``rel_hist`` (counts of
+    ``|delta|`` and ``|delta| / |base|`` per bin of :data:`TOLERANCE_GRID` ``e``: bin 0 holds values
+    ``<= e[0]`` (zeros included), bin ``i`` values in ``(e[i-1], e[i]]``, the last bin values ``> e[-1]``),
+    ``row_changed``/``col_changed`` (changed entries per row / column at the diff's ``atol``, 2-D only) and
+    ``svals`` (singular values of the float32 delta, 2-D tensors up to ``max_rank_numel`` entries, else
+    None). :meth:`sparsity_at`, :meth:`grid` and :meth:`detail` read them.
+
     >>> import torch
     >>> d = diff_checkpoints({"w": torch.zeros(3)}, {"w": torch.tensor([0., 1., 0.])}, keep_masks=True)
     >>> d.mask("w").tolist()
@@ -311,8 +529,11 @@ class SparsityDiff:
     """
 
     def __init__(self, tensors: list[dict], atol: float, rtol: float | None, masks: dict | None = None,
-                 skipped: list[str] | None = None, meta: dict | None = None):
+                 skipped: list[str] | None = None, meta: dict | None = None, stats: dict | None = None,
+                 grid_edges=TOLERANCE_GRID):
         self.tensors = tensors
+        self.stats = stats or {}
+        self.grid_edges = tuple(float(e) for e in grid_edges)
         self.atol = atol
         self.rtol = rtol
         self.masks = masks
@@ -383,10 +604,121 @@ class SparsityDiff:
             rows.append(row)
         return pd.DataFrame(rows).set_index(key)
 
+    # ------------------------------------------------------------------ re-thresholding from stats
+    def _need_stats(self):
+        if not self.stats:
+            raise ValueError("this diff holds no cached statistics (it was saved by an older version); "
+                             "re-run diff_checkpoints (CLI: workbench sparsity diff ... --json OUT.json)")
+
+    def _changed_at(self, atol, rtol) -> tuple[dict, str, float]:
+        """name -> changed count at the (snapped) tolerance; also which one and the edge used."""
+        self._need_stats()
+        if atol is not None and rtol is not None:
+            raise ValueError("pass atol or rtol, not both: the cached histograms hold each criterion alone")
+        if atol is None and rtol is None:
+            atol = self.atol
+        if atol is not None and float(atol) == self.atol:  # the diff's own tolerance: the exact counts
+            return {t["name"]: t["changed"] for t in self.tensors}, "atol", self.atol
+        if rtol is not None and self.rtol is not None and float(rtol) == self.rtol:
+            return {t["name"]: t["changed_rtol"] for t in self.tensors}, "rtol", self.rtol
+        which, value = ("atol", atol) if atol is not None else ("rtol", rtol)
+        k, edge = _snap_to(value, which, self.grid_edges)
+        key = "abs_hist" if which == "atol" else "rel_hist"
+        out = {}
+        for t in self.tensors:
+            s = self.stats[t["name"]]
+            if k < 0:  # tolerance 0: every nonzero delta is a change
+                out[t["name"]] = t["numel"] - s["zeros"]
+            else:
+                out[t["name"]] = int(s[key][k + 1:].sum())
+        return out, which, edge
+
+    def sparsity_at(self, atol: float | None = None, rtol: float | None = None) -> dict:
+        """Per-tensor and overall sparsity at another tolerance, from the cached histograms.
+
+        Give ``atol`` (changed when ``|delta| > atol``) or ``rtol`` (changed when ``|delta| / |base| >
+        rtol``), neither for the diff's own ``atol``. The diff's own ``atol``/``rtol`` give its exact counts;
+        any other value is snapped to the nearest edge of :data:`TOLERANCE_GRID` in log space (0 stays 0,
+        values beyond the ends go to the end edges) and the result is exact for that edge, compared in the
+        diff's compute dtype (float32, float64 for float64 checkpoints). :func:`snap_tolerance` shows the
+        edge. Returns ``{name: sparsity, ..., "overall": sparsity}``.
+
+        >>> import torch
+        >>> d = diff_checkpoints({"w": torch.zeros(4)}, {"w": torch.tensor([0., 1e-6, 1e-4, 1e-2])})
+        >>> d.sparsity_at(atol=1e-5)["w"], d.sparsity_at(atol=1e-3)["w"], d.sparsity_at(atol=0)["w"]
+        (0.5, 0.75, 0.25)
+        """
+        changed, _, _ = self._changed_at(atol, rtol)
+        out = {t["name"]: 1.0 - changed[t["name"]] / t["numel"] if t["numel"] else 1.0 for t in self.tensors}
+        numel = self.overall["numel"]
+        out["overall"] = 1.0 - sum(changed.values()) / numel if numel else 1.0
+        return out
+
+    def cells(self) -> dict:
+        """``(layer, column) -> [tensor names]`` of :meth:`grid` (layer ``"other"`` outside the blocks)."""
+        out: dict = {}
+        for t in self.tensors:
+            layer = t["layer"] if t["layer"] is not None else "other"
+            out.setdefault((layer, matrix_type(t["type"])), []).append(t["name"])
+        return out
+
+    def grid(self, atol: float | None = None, rtol: float | None = None):
+        """Sparsity per layer (rows; ``"other"`` last for tensors outside the blocks) x matrix type (columns).
+
+        Columns in order q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, norms, embed, then
+        any other module type (see :func:`matrix_type`); a cell pools the changed entries of its tensors
+        over their entries; NaN where a layer has no such tensor. Tolerances as in :meth:`sparsity_at`.
+
+        >>> import torch
+        >>> z = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(2, 2), "model.norm.weight": torch.ones(2)}
+        >>> t = {"model.layers.0.self_attn.q_proj.weight": torch.eye(2), "model.norm.weight": torch.ones(2)}
+        >>> float(diff_checkpoints(z, t).grid().loc[0, "q_proj"])
+        0.5
+        """
+        import pandas as pd
+
+        changed, _, _ = self._changed_at(atol, rtol)
+        numel = {t["name"]: t["numel"] for t in self.tensors}
+        cells = self.cells()
+        layers = sorted({k[0] for k in cells if k[0] != "other"}) + \
+            (["other"] if any(k[0] == "other" for k in cells) else [])
+        present = {k[1] for k in cells}
+        cols = [c for c in GRID_TYPES if c in present] + sorted(present - set(GRID_TYPES))
+        frame = pd.DataFrame(np.nan, index=pd.Index(layers, name="layer", dtype=object), columns=cols)
+        for (layer, col), names in cells.items():
+            n = sum(numel[x] for x in names)
+            frame.loc[layer, col] = 1.0 - sum(changed[x] for x in names) / n if n else 1.0
+        return frame
+
+    def detail(self, name: str) -> dict:
+        """Drill-down data of one tensor: its row, per-row/column changed counts and the fraction of
+        unchanged entries per row/column at the diff's ``atol`` (None for non-2-D tensors) and the singular values of its update (None when not computed).
+
+        >>> import torch
+        >>> d = diff_checkpoints({"w": torch.zeros(2, 3)}, {"w": torch.tensor([[0., 1., 1.], [0., 0., 0.]])})
+        >>> x = d.detail("w")
+        >>> x["row_changed"].tolist(), x["col_sparsity"].tolist(), [round(float(v), 4) for v in x["svals"]]
+        ([2, 0], [1.0, 0.5, 0.5], [1.4142, 0.0])
+        """
+        self._need_stats()
+        rows = {t["name"]: t for t in self.tensors}
+        if name not in rows:
+            raise ValueError(f"no tensor {name!r} in this diff; names are e.g. {list(rows)[:5]}")
+        t, s = rows[name], self.stats[name]
+        out = {"row": t, "row_changed": s["row_changed"], "col_changed": s["col_changed"],
+               "row_sparsity": None, "col_sparsity": None, "svals": s["svals"]}
+        if s["row_changed"] is not None:
+            out["row_sparsity"] = 1.0 - s["row_changed"] / t["shape"][1]
+            out["col_sparsity"] = 1.0 - s["col_changed"] / t["shape"][0]
+        return out
+
     def to_dict(self) -> dict:
         out = {"format": _FORMAT, "overall": dict(self.overall), "tensors": self.tensors,
                "atol": self.atol, "rtol": self.rtol, "overall_rtol": self.overall_rtol,
                "skipped": self.skipped, **self.meta}
+        if self.stats:
+            out["grid_edges"] = list(self.grid_edges)
+            out["stats"] = {k: _stats_to_json(v) for k, v in self.stats.items()}
         if self.masks is not None:
             out["masks"] = {k: base64.b64encode(v).decode("ascii") for k, v in self.masks.items()}
         return out
@@ -406,8 +738,10 @@ class SparsityDiff:
         if masks is not None:
             masks = {k: base64.b64decode(v) for k, v in masks.items()}
         meta = {k: data[k] for k in ("base", "tuned") if k in data}
+        edges = data.get("grid_edges", TOLERANCE_GRID)
+        stats = {k: _stats_from_json(v, len(edges) + 1) for k, v in (data.get("stats") or {}).items()}
         return cls(data["tensors"], data.get("atol", 1e-5), data.get("rtol"), masks,
-                   data.get("skipped"), meta)
+                   data.get("skipped"), meta, stats, edges)
 
 
 # ------------------------------------------------------------------------------------------ diff
@@ -418,7 +752,8 @@ def _describe(src) -> str:
 
 
 def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None, intersect: bool = False,
-                     keep_masks: bool = False, max_rank_numel: int = DEFAULT_MAX_RANK_NUMEL) -> SparsityDiff:
+                     keep_masks: bool = False, max_rank_numel: int = DEFAULT_MAX_RANK_NUMEL,
+                     progress: bool | None = None) -> SparsityDiff:
     """Compare two checkpoints tensor by tensor; see the module docstring for what they may be.
 
     An entry is changed when ``|tuned - base| > atol`` (strictly), and for ``sparsity_rtol`` when
@@ -427,6 +762,12 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     the rest in ``.skipped``. 2-D tensors up to ``max_rank_numel`` entries get the rank of the delta
     (float32, matrix_rank's default tolerance, recorded as ``rank_tol``) and the effective rank
     ``exp(entropy of s / sum(s))``; larger ones get None.
+
+    Tensors are streamed in chunks of :data:`CHUNK_ELEMENTS` entries (whole for the 2-D ones that get a
+    rank), safetensors read with plain file reads of each tensor's byte range (no memory map), so memory
+    stays near one chunk per checkpoint plus the largest delta that gets an SVD. Every tensor also caches
+    the statistics that :meth:`SparsityDiff.sparsity_at` and :meth:`SparsityDiff.grid` re-threshold
+    from. ``progress``: a tqdm bar (default: only above 2**27 entries).
     """
     if not (isinstance(atol, (int, float)) and atol >= 0 and math.isfinite(atol)):
         raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
@@ -454,20 +795,25 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     if not names:
         raise ValueError("the checkpoints share no tensor with the same name, shape and dtype; check that "
                          "both are the same architecture")
-    rows, masks = [], ({} if keep_masks else None)
+    rows, stats, masks = [], {}, ({} if keep_masks else None)
+    total = sum(math.prod(rb.meta[n][0]) for n in names)
+    show = total > (1 << 27) if progress is None else bool(progress)
+    bar = tqdm(total=total, unit="entries", unit_scale=True, desc="diff", disable=not show)
     try:
         for name in names:
-            b, t = rb.get(name), rt.get(name)
-            row, mask = _tensor_stats(name, b, t, float(atol), rtol, max_rank_numel)
+            shape = rb.meta[name][0]
+            row, st, mask = _tensor_stats(name, rb, rt, shape, float(atol), rtol, max_rank_numel, keep_masks)
             rows.append(row)
+            stats[name] = st
             if keep_masks:
-                masks[name] = _pack(mask)
-            del b, t, mask
+                masks[name] = mask
+            bar.update(row["numel"])
     finally:
+        bar.close()
         rb.release()
         rt.release()
     return SparsityDiff(rows, float(atol), rtol, masks, skipped,
-                        {"base": _describe(base), "tuned": _describe(tuned)})
+                        {"base": _describe(base), "tuned": _describe(tuned)}, stats)
 
 
 # --------------------------------------------------------------------------------------- overlap
