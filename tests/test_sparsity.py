@@ -290,3 +290,112 @@ def test_wanda_prune_input_norms_brute_force():
     assert "lm_head" not in masks and len(masks) == 7
     q = model.model.layers[0].self_attn.q_proj.weight
     assert int((q == 0).sum()) == q.numel() // 2
+
+
+# ------------------------------------------------------------------ cached statistics: re-thresholding
+def _spread_pair(dtype, seed=7):
+    """Base entries in [1, 1.9) (so float32 deltas below 0.1 are exact, Sterbenz) and deltas spread over
+    1e-11 .. 1e-1 in magnitude, with a quarter exactly zero; per-tensor densities differ."""
+    g = torch.Generator().manual_seed(seed)
+    names = {"model.layers.0.self_attn.q_proj.weight": (24, 16), "model.layers.0.mlp.down_proj.weight": (16, 40),
+             "model.layers.1.self_attn.q_proj.weight": (24, 16), "model.layers.1.input_layernorm.weight": (16,),
+             "model.embed_tokens.weight": (30, 16)}
+    base, tuned = {}, {}
+    for i, (name, shape) in enumerate(names.items()):
+        b = (1 + 0.9 * torch.rand(shape, generator=g, dtype=torch.float64))
+        lo = -11 if dtype == torch.float64 else -6.5
+        mag = 10 ** (lo + (-1 - lo) * torch.rand(shape, generator=g, dtype=torch.float64))
+        sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0).double()
+        keep = torch.rand(shape, generator=g) < (0.25 + 0.1 * i)
+        b = b.to(dtype)
+        base[name], tuned[name] = b, (b.double() + sign * mag * ~keep).to(dtype)
+    return base, tuned
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparsity_at_and_grid_match_brute_force_at_grid_edges(dtype, monkeypatch, tmp_path, one_thread):
+    base, tuned = _spread_pair(dtype)
+    # tiny chunks and no SVD: exercise the chunked walk, both the sparse and the dense chunk path
+    monkeypatch.setattr(diff_mod, "CHUNK_ELEMENTS", 64)
+    d = diff_checkpoints(base, tuned, atol=1e-5, rtol=1e-3, keep_masks=True, max_rank_numel=0)
+    monkeypatch.undo()
+    full = diff_checkpoints(base, tuned, atol=1e-5, rtol=1e-3, keep_masks=True)
+    assert [t["changed"] for t in d.tensors] == [t["changed"] for t in full.tensors]
+    assert [t["row_sparsity"] for t in d.tensors] == [t["row_sparsity"] for t in full.tensors]
+    assert d.masks == full.masks
+    d.to_json(tmp_path / "d.json")
+    loaded = SparsityDiff.load(tmp_path / "d.json")
+    grid = diff_mod.TOLERANCE_GRID
+    edges = [0.0, grid[0], 1e-9, 3.2e-8, 1e-7, 5.6e-6, 1e-5, 1.3e-4, 1e-3, 0.042, 0.1, grid[-1]]
+    assert all(e == 0 or e in grid for e in edges)
+    deltas = {k: tuned[k].double().numpy() - base[k].double().numpy() for k in base}
+    for e in edges:
+        for which in ("atol", "rtol"):
+            truth = {}
+            for k, dd in deltas.items():
+                bound = e if which == "atol" else e * np.abs(base[k].double().numpy())
+                truth[k] = np.count_nonzero(np.abs(dd) > bound)
+            n = sum(v.size for v in deltas.values())
+            for diff in (d, loaded):
+                got = diff.sparsity_at(**{which: e})
+                for k, dd in deltas.items():
+                    assert got[k] == pytest.approx(1 - truth[k] / dd.size, abs=1e-15), (which, e, k)
+                assert got["overall"] == pytest.approx(1 - sum(truth.values()) / n, abs=1e-15)
+            if which == "atol":  # the table: pooled per layer x type, brute force here
+                frame = d.grid(atol=e)
+                assert list(frame.columns) == ["q_proj", "down_proj", "norms", "embed"]
+                assert list(frame.index) == [0, 1, "other"]
+                for (layer, col), names in {(0, "q_proj"): ["model.layers.0.self_attn.q_proj.weight"],
+                                            (1, "norms"): ["model.layers.1.input_layernorm.weight"],
+                                            ("other", "embed"): ["model.embed_tokens.weight"]}.items():
+                    want = 1 - sum(truth[x] for x in names) / sum(deltas[x].size for x in names)
+                    assert frame.loc[layer, col] == pytest.approx(want, abs=1e-15)
+                assert np.isnan(frame.loc[1, "down_proj"]) and np.isnan(frame.loc[0, "norms"])
+    # snapping: an off-grid value acts as its nearest edge in log space
+    assert d.sparsity_at(atol=1.1e-5) == d.sparsity_at(atol=1e-5)
+    assert diff_mod.snap_tolerance(1.1e-3) == 1e-3 and diff_mod.snap_tolerance(1e5) == grid[-1]
+    with pytest.raises(ValueError, match="not both"):
+        d.sparsity_at(atol=1e-5, rtol=1e-3)
+    with pytest.raises(ValueError, match="finite number"):
+        d.sparsity_at(atol=-1.0)
+
+
+def test_cached_row_col_counts_and_singular_values(one_thread):
+    base, tuned = _spread_pair(torch.float32, seed=11)
+    d = diff_checkpoints(base, tuned, atol=1e-4)
+    for name in base:
+        dd = tuned[name].double().numpy() - base[name].double().numpy()
+        x = d.detail(name)
+        if dd.ndim != 2:
+            assert x["row_changed"] is None and x["svals"] is None
+            continue
+        ch = np.abs(dd) > 1e-4
+        assert x["row_changed"].tolist() == [int(ch[i].sum()) for i in range(dd.shape[0])]
+        assert x["col_changed"].tolist() == [int(ch[:, j].sum()) for j in range(dd.shape[1])]
+        np.testing.assert_allclose(x["col_sparsity"], 1 - ch.mean(axis=0))
+        s = np.linalg.svd(dd.astype(np.float32), compute_uv=False)
+        np.testing.assert_allclose(x["svals"], s, rtol=1e-4, atol=1e-6 * s.max())
+    big = diff_checkpoints(base, tuned, max_rank_numel=10)
+    assert big.detail("model.layers.0.self_attn.q_proj.weight")["svals"] is None
+    with pytest.raises(ValueError, match="no tensor"):
+        d.detail("nope")
+
+
+def test_streaming_reader_reads_byte_ranges_without_mmap(tmp_path, monkeypatch, one_thread):
+    from safetensors.torch import save_file
+
+    base, tuned = _spread_pair(torch.float32, seed=5)
+    bf = {k: v.to(torch.bfloat16).contiguous() for k, v in base.items()}
+    tf = {k: (v.double() + 0.05).to(torch.bfloat16).contiguous() for k, v in base.items()}
+    tf["model.layers.0.mlp.down_proj.weight"] = bf["model.layers.0.mlp.down_proj.weight"].clone()
+    save_file(bf, tmp_path / "b.safetensors")
+    save_file(tf, tmp_path / "t.safetensors")
+    monkeypatch.setattr(diff_mod, "CHUNK_ELEMENTS", 40)
+    d = diff_checkpoints(tmp_path / "b.safetensors", tmp_path / "t.safetensors", max_rank_numel=0)
+    truth = diff_checkpoints(bf, tf, max_rank_numel=0)
+    assert [(t["name"], t["changed"], t["row_sparsity"], t["col_sparsity"]) for t in d.tensors] == \
+        [(t["name"], t["changed"], t["row_sparsity"], t["col_sparsity"]) for t in truth.tensors]
+    assert d.sparsity_at(atol=1e-2) == truth.sparsity_at(atol=1e-2)
+    for t in d.tensors:
+        dd = tf[t["name"]].double().numpy() - bf[t["name"]].double().numpy()
+        assert t["changed"] == np.count_nonzero(np.abs(dd) > 1e-5) and t["dtype"] == "bfloat16"
