@@ -558,8 +558,88 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- continual
+def _add_continual(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "continual", help="continual pre-training grids: run a named comparison, print its metric table",
+        description="Continual pre-training (stdlib -> docs, ...): run a named grid of schedules x replay "
+                    "fractions x seeds into a results directory (resumable: finished runs are skipped, an "
+                    "interrupted one resumes from its checkpoint) and print the metric table "
+                    "(mean and std over seeds).")
+    p.add_argument("--list", action="store_true", help="list the named grids and their runs")
+    p.set_defaults(func=_continual_list)
+    csub = p.add_subparsers(dest="continual_cmd", metavar="{run,table}")
+    r = csub.add_parser("run", help="run (or resume) a named grid into --out")
+    r.add_argument("grid", help="grid name (see `workbench continual --list`)")
+    r.add_argument("--out", required=True, help="results directory (one sub-directory per run and seed)")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    r.add_argument("--quick", action="store_true", help="tiny steps and data (a smoke test, not a result)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_continual_run)
+    t = csub.add_parser("table", help="print the metric table of a results directory")
+    t.add_argument("out", help="results directory written by `workbench continual run`")
+    t.add_argument("--per-seed", action="store_true", help="one row per run and seed instead of mean/std")
+    t.add_argument("--csv", help="also write the per-seed table to this CSV file")
+    t.set_defaults(func=_continual_table)
+
+
+def _continual_list(args: argparse.Namespace) -> int:
+    from workbench import continual
+
+    if not args.list:
+        print("usage: workbench continual {run,table} ... (or --list); see workbench continual --help",
+              file=sys.stderr)
+        return 2
+    for name in continual.GRIDS:
+        runs = continual.grid_runs(name)
+        print(f"{name}: " + ", ".join(r.name for r in runs))
+    return 0
+
+
+def _print_table(table, per_seed: bool) -> None:
+    import pandas as pd
+
+    from workbench import continual
+
+    if len(table) == 0:
+        print("no finished runs yet")
+        return
+    with pd.option_context("display.max_columns", None, "display.width", 250):
+        if per_seed:
+            print(table.to_string(index=False, float_format="{:.4f}".format))
+            return
+        agg = continual.aggregate_table(table)
+        flat = pd.DataFrame(index=agg.index)
+        for c in [c for c in dict.fromkeys(c[0] for c in agg.columns) if c != "seed"]:
+            mean, std = agg[(c, "mean")], agg[(c, "std")]
+            flat[c] = [("" if pd.isna(m) else f"{m:.4f}" + ("" if pd.isna(s) else f"±{s:.4f}"))
+                       for m, s in zip(mean, std)]
+        flat["seeds"] = agg[("seed", "count")].astype(int)
+        print(flat.to_string())
+
+
+def _continual_run(args: argparse.Namespace) -> int:
+    from workbench import continual
+
+    table = continual.run_grid(args.grid, args.out, seeds=args.seeds, quick=args.quick,
+                               progress=not args.no_progress)
+    _print_table(table, per_seed=False)
+    return 0
+
+
+def _continual_table(args: argparse.Namespace) -> int:
+    from workbench import continual
+    from workbench.files import atomic_write_text
+
+    table = continual.metric_table(args.out)
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv(index=False))
+    _print_table(table, per_seed=args.per_seed)
+    return 0
+
+
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
-            _add_angles, _add_select]
+            _add_angles, _add_select, _add_continual]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,11 @@ run appends to the same log and repeats the steps logged after its last checkpoi
 the last line per step (:func:`workbench.runlog.read_run_log` with ``dedupe=True``).
 
 Event keys: ``step, tokens, lr, loss, grad_norm, update_norm, tokens_per_s, peak_mem, time`` and
-``val_loss`` at evaluation steps. ``grad_norm`` is the global L2 norm before clipping,
+``val_loss`` at evaluation steps. With several validation sets (``val_data={domain: blocks}``)
+an evaluation also logs ``val_losses: {domain: loss}`` (every domain, each on its first
+``eval_batches`` global batches), and ``val_loss`` is the loss of the primary domain
+``config.val_domain`` (default: the dict's first key), which also drives ``best_val_loss`` and
+``target_val_loss``. ``grad_norm`` is the global L2 norm before clipping,
 ``update_norm`` is ``||theta_after - theta_before||`` (None with ``track_update_norm=False``),
 ``time`` the train wall-clock in seconds (evaluation, checkpointing and pauses excluded; it
 carries over a resume), ``tokens`` the tokens seen by all ranks, ``peak_mem`` bytes (CUDA max
@@ -29,6 +33,17 @@ run after the current step with a checkpoint; ``pause_event`` holds it between s
 how a notebook trains in a background thread under a live widget. ``Trainer.iter_run()`` is the
 loop as a generator, for driving a run step by step. A NaN/inf loss or gradient norm raises
 :class:`TrainingDiverged` before the update is applied, after checkpointing the last good step.
+
+Training data: blocks ``[n, seq_len+1]``, a ``BlockLoader``, or any batch source with
+``__next__`` (yielding ``(x, y)``), ``state_dict``/``load_state_dict`` and ``batch_size`` (e.g.
+:class:`workbench.data.ReplayLoader`, :class:`workbench.data.DomainMix`); a source is checkpointed
+and resumed like a ``BlockLoader`` (its ``state_dict()`` goes into ``state.pt``).
+
+Meta-experience replay (Abbes et al. 2508.01908, Reptile-style): with ``mer_interval=k > 0``,
+after every k-th update the weights are pulled back toward the anchor taken k updates earlier,
+``theta = theta_before + mer_beta * (theta_after - theta_before)``, and the result is the next
+anchor (optimizer moments are left alone). The public code uses k 500 and beta 0.01. The anchor
+is part of the checkpoint, so a resumed run interpolates exactly as an uninterrupted one.
 
 Multi-GPU: run the same script under ``torchrun``; WORLD_SIZE/RANK/LOCAL_RANK select DDP
 (nccl on CUDA, gloo on CPU), every rank reads its slice of each global batch, and only rank 0
@@ -139,6 +154,9 @@ class TrainConfig:
     compile: bool = False
     track_update_norm: bool = True         # False skips the per-step copy of the weights (update_norm None)
     progress: bool = True
+    val_domain: str | None = None          # with val_data={domain: blocks}: the domain of val_loss (None: first)
+    mer_interval: int = 0                  # meta-experience replay every k updates; 0: off
+    mer_beta: float = 0.01                 # MER interpolation factor (public code: k=500, beta=0.01)
 
     def __post_init__(self):
         def positive_int(name, value, low=1):
@@ -147,7 +165,8 @@ class TrainConfig:
 
         for name in ("batch_size", "seq_len", "grad_accum"):
             positive_int(name, getattr(self, name))
-        for name in ("eval_interval", "eval_batches", "checkpoint_interval", "warmup_steps", "seed"):
+        for name in ("eval_interval", "eval_batches", "checkpoint_interval", "warmup_steps", "seed",
+                     "mer_interval"):
             positive_int(name, getattr(self, name), low=0)
         if self.steps is not None:
             positive_int("steps", self.steps)
@@ -163,6 +182,11 @@ class TrainConfig:
             _optimizer_name(self.optimizer)
         if not isinstance(self.optimizer_kwargs, dict):
             raise ValueError(f"optimizer_kwargs must be a dict, got {type(self.optimizer_kwargs).__name__}")
+        if not (isinstance(self.mer_beta, (int, float)) and not isinstance(self.mer_beta, bool)
+                and 0.0 < self.mer_beta <= 1.0):
+            raise ValueError(f"mer_beta must be a number in (0, 1] (1 = no interpolation), got {self.mer_beta!r}")
+        if self.val_domain is not None and not isinstance(self.val_domain, str):
+            raise ValueError(f"val_domain must be a domain name (a key of val_data) or None, got {self.val_domain!r}")
         if self.target_val_loss is not None and not math.isfinite(self.target_val_loss):
             raise ValueError(f"target_val_loss must be a finite number or None, got {self.target_val_loss!r}")
 
@@ -325,6 +349,33 @@ def _peak_mem(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def _is_batch_source(obj: Any) -> bool:
+    """A batch source: ``__next__`` -> ``(x, y)``, ``state_dict``/``load_state_dict`` and ``batch_size``."""
+    return (obj is not None and not isinstance(obj, torch.Tensor) and hasattr(obj, "__next__")
+            and callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+            and hasattr(obj, "batch_size"))
+
+
+def _source_width(src: Any, depth: int = 0) -> int | None:
+    """Tokens per row of a batch source: from its blocks, a ``seq_len`` attribute or its sub-loaders."""
+    if depth > 4 or src is None:
+        return None
+    blocks = getattr(src, "blocks", None)
+    if isinstance(blocks, torch.Tensor) and blocks.dim() == 2:
+        return int(blocks.shape[1] - 1)
+    if isinstance(getattr(src, "seq_len", None), int):
+        return int(src.seq_len)
+    children = [getattr(src, "new", None), getattr(src, "old", None)]
+    loaders = getattr(src, "loaders", None)
+    if isinstance(loaders, dict):
+        children += list(loaders.values())
+    for child in children:
+        width = _source_width(child, depth + 1)
+        if width is not None:
+            return width
+    return None
+
+
 class _FrozenState:
     """Stands in for a loader whose state was snapshotted before a step."""
 
@@ -338,9 +389,10 @@ class _FrozenState:
 class Trainer:
     """A training run. Build it, then ``run()`` (also from a background thread).
 
-    ``model`` (an ``nn.Module``), ``train_data`` (blocks ``[n, seq_len+1]`` or a ``BlockLoader``),
-    ``val_data`` (blocks) and ``optimizer`` (name, callable or instance) override the config for
-    notebook use. ``resume=True`` continues the run in ``config.run_dir`` from its checkpoint.
+    ``model`` (an ``nn.Module``), ``train_data`` (blocks ``[n, seq_len+1]``, a ``BlockLoader`` or
+    any batch source with ``__next__``, ``state_dict``, ``load_state_dict`` and ``batch_size``),
+    ``val_data`` (blocks, or ``{domain: blocks}`` to log every domain's loss as ``val_losses``)
+    and ``optimizer`` (name, callable or instance) override the config for notebook use. ``resume=True`` continues the run in ``config.run_dir`` from its checkpoint.
     ``stop_event`` / ``pause_event`` (``threading.Event``) stop with a checkpoint / pause.
 
     Example:
@@ -410,14 +462,29 @@ class Trainer:
                           stacklevel=2)
 
         tok = get_tokenizer(cfg.tokenizer)     # one object for both splits and the vocab size
-        if isinstance(train_data, BlockLoader):
+        if isinstance(train_data, BlockLoader) or _is_batch_source(train_data):
             self.loader = train_data
         else:
             blocks = train_data if train_data is not None else load_blocks(
                 cfg.data, split="train", block_size=cfg.seq_len, tokenizer=tok, max_tokens=cfg.max_tokens)
             self.loader = BlockLoader(blocks, cfg.batch_size, seed=cfg.seed, shuffle=True,
                                       rank=self.rank, world_size=self.world_size)
-        if val_data is not None:
+        self.val_sets: dict | None = None     # {domain: blocks} with several validation sets
+        if isinstance(val_data, dict):
+            if not val_data:
+                raise ValueError("val_data is an empty dict; pass {domain: blocks} with at least one domain")
+            for name, blocks in val_data.items():
+                if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2:
+                    raise ValueError(f"val_data[{name!r}] must be blocks [n, seq_len+1] (from load_blocks), "
+                                     f"got {type(blocks).__name__}")
+            primary = cfg.val_domain if cfg.val_domain is not None else next(iter(val_data))
+            if primary not in val_data:
+                raise ValueError(f"val_domain={primary!r} is not a key of val_data {sorted(map(str, val_data))}; "
+                                 "set config.val_domain to one of them")
+            self.val_sets = {str(k): v for k, v in val_data.items()}
+            self.val_domain = cfg.val_domain = str(primary)
+            self.val_blocks = val_data[primary]
+        elif val_data is not None:
             self.val_blocks = val_data
         elif train_data is not None or cfg.eval_batches == 0:
             self.val_blocks = None
@@ -450,8 +517,11 @@ class Trainer:
         self._before = [p.detach().clone() for p in self.params] if cfg.track_update_norm else None
         self.n_parameters = sum(p.numel() for p in self.raw_model.parameters())
         # from the loader itself: a BlockLoader passed in may have its own batch size and block width
-        self.tokens_per_step = (self.loader.batch_size * self.loader.world_size * cfg.grad_accum
-                                * (self.loader.blocks.shape[1] - 1))
+        width = _source_width(self.loader)
+        self.tokens_per_step = (self.loader.batch_size * getattr(self.loader, "world_size", 1) * cfg.grad_accum
+                                * (width if width is not None else cfg.seq_len))
+        # meta-experience replay: the anchor theta_before of the current k-step window
+        self._mer_anchor = [p.detach().clone() for p in self.params] if cfg.mer_interval else None
 
         # -- counters (restored on resume)
         self.step = 0                 # optimizer updates done; the next event has this "step"
@@ -472,8 +542,14 @@ class Trainer:
                 self.train_iter = iter(self.loader)
                 self.step = int(state["step"])
                 for k, v in state["trainer"].items():
-                    if hasattr(self, k) and k != "step":
+                    if hasattr(self, k) and k not in ("step", "mer_anchor"):
                         setattr(self, k, v)
+                anchor = state["trainer"].get("mer_anchor")
+                if self._mer_anchor is not None and anchor is not None:
+                    for a, v in zip(self._mer_anchor, anchor):
+                        a.copy_(v.to(a.device))
+                elif self._mer_anchor is not None:   # a checkpoint from before MER was switched on
+                    self._mer_anchor = [p.detach().clone() for p in self.params]
                 self._checkpointed_step = self.step
             else:
                 warnings.warn(f"{self.run_dir}: no checkpoint yet, so the run restarts from step 0 "
@@ -567,25 +643,47 @@ class Trainer:
 
         self.step += 1
         self.tokens += self.tokens_per_step
+        if self._mer_anchor is not None and self.step % cfg.mer_interval == 0:
+            self._mer_interpolate()
         return {"step": self.step - 1, "lr": lr, "loss": loss_value, "grad_norm": grad_norm_value,
                 "update_norm": update_norm}
 
     @torch.no_grad()
+    def _mer_interpolate(self) -> None:
+        """Reptile step: ``theta = anchor + beta * (theta - anchor)``; the result is the new anchor."""
+        params = [p.detach() for p in self.params]
+        torch._foreach_sub_(params, self._mer_anchor)            # theta - anchor
+        torch._foreach_mul_(params, float(self.config.mer_beta))
+        torch._foreach_add_(params, self._mer_anchor)            # anchor + beta * (theta - anchor)
+        torch._foreach_copy_(self._mer_anchor, params)
+
+    def evaluate_all(self) -> dict | None:
+        """``{domain: loss}`` over every validation set (``{primary: loss}`` with a single one)."""
+        if self.val_sets is None:
+            val = self.evaluate()
+            return None if val is None else {getattr(self, "val_domain", "val"): val}
+        return {name: self._evaluate_blocks(blocks) for name, blocks in self.val_sets.items()}
+
     def evaluate(self) -> float | None:
         """Mean per-token loss on the first ``eval_batches`` global batches of the val blocks.
 
         A global batch is ``batch_size * grad_accum * world_size`` rows, so the same rows are
         evaluated whatever the split into ranks and micro-batches; each rank takes a slice.
+        With several validation sets this is the primary domain's loss (``config.val_domain``).
         """
-        from .data import eval_batches
-
         if self.val_blocks is None:
             return None
+        return self._evaluate_blocks(self.val_blocks)
+
+    @torch.no_grad()
+    def _evaluate_blocks(self, blocks: torch.Tensor) -> float | None:
+        from .data import eval_batches
+
         cfg = self.config
         model = self.raw_model
         model.eval()
         global_batch = cfg.batch_size * cfg.grad_accum * self.world_size
-        rows = self.val_blocks[: cfg.eval_batches * global_batch]
+        rows = blocks[: cfg.eval_batches * global_batch]
         shard = torch.tensor_split(rows, self.world_size)[self.rank]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         if shard.shape[0]:
@@ -605,9 +703,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
     def _counters(self) -> dict:
-        return {k: getattr(self, k) for k in ("tokens", "train_time", "best_val_loss", "best_val_step",
-                                              "time_to_target", "step_to_target", "tokens_to_target",
-                                              "last_loss", "last_val_loss")}
+        out = {k: getattr(self, k) for k in ("tokens", "train_time", "best_val_loss", "best_val_step",
+                                             "time_to_target", "step_to_target", "tokens_to_target",
+                                             "last_loss", "last_val_loss")}
+        if self._mer_anchor is not None:
+            out["mer_anchor"] = [a.detach().cpu().clone() for a in self._mer_anchor]
+        return out
 
     def save_checkpoint(self, loader_state: dict | None = None) -> None:
         """Write the checkpoint of the current step (rank 0 only) and fsync the log."""
@@ -727,7 +828,12 @@ class Trainer:
                          "peak_mem": _peak_mem(self.device), "time": self.train_time}
                 self.last_loss = stats["loss"]
                 if (cfg.eval_interval and (t + 1) % cfg.eval_interval == 0) or t + 1 == self.stop_step:
-                    self._record_val(event, self.evaluate())
+                    if self.val_sets is not None:
+                        losses = self.evaluate_all()
+                        event["val_losses"] = losses
+                        self._record_val(event, losses[self.val_domain])
+                    else:
+                        self._record_val(event, self.evaluate())
                     clock = time.perf_counter()        # evaluation time is not train time
                 self._emit(event)
                 yield event
