@@ -196,3 +196,63 @@ def test_gain_sampler_epochs_and_update():
     assert hist[-1]["accuracy"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="GainSampler"):
         train_on_task(oracle, ex[:10], steps=1, sampler=s)
+
+
+def _answer_loss_by_hand(model, e):
+    ids = torch.tensor([list(e["text"].encode())])
+    labels = ids.clone()
+    labels[0, :len(e["prompt"])] = -100  # loss on answer + "\n" only
+    return model(input_ids=ids, labels=labels).loss
+
+
+def test_per_example_losses_and_grad_norms_match_single_example_backward(one_thread):
+    model = build_model("tiny", seed=0)
+    ex = arithmetic_examples(4, digits=3, ops=("+", "*"), seed=9)
+    from workbench.data.tasks import per_example_grad_norms, per_example_losses
+
+    losses = per_example_losses(model, ex, batch_size=3)
+    norms = per_example_grad_norms(model, ex, batch_size=3)
+    for i, e in enumerate(ex):
+        model.zero_grad()
+        loss = _answer_loss_by_hand(model, e)
+        loss.backward()
+        norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()
+                             if p.grad is not None))
+        assert float(losses[i]) == pytest.approx(float(loss.detach()), rel=1e-4)
+        assert float(norms[i]) == pytest.approx(norm, rel=1e-3)
+
+
+def test_prompt_angles_match_a_brute_force_loop():
+    from workbench.data.tasks import prompt_angles
+
+    model = build_model("tiny", seed=1)
+    ex = arithmetic_examples(3, digits=2, seed=3)
+    out = prompt_angles(model, ex)
+    norm = model.model.layers[-1].post_attention_layernorm
+    for i, e in enumerate(ex):
+        cap = {}
+        h = norm.register_forward_hook(lambda m, a, o: cap.update(h=o))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([list(e["prompt"].encode())]))
+        h.remove()
+        x = torch.nn.functional.normalize(cap["h"][0], dim=-1)
+        T, L = len(e["template"]), len(e["prompt"])
+        intra = [float(x[a] @ x[b]) for a in range(T, L) for b in range(a + 1, L)]
+        inter = [float(x[a] @ x[b]) for a in range(T, L) for b in range(T)]
+        intra, inter = sum(intra) / len(intra), sum(inter) / len(inter)
+        assert float(out["intra"][i]) == pytest.approx(intra, abs=1e-5)
+        assert float(out["inter"][i]) == pytest.approx(inter, abs=1e-5)
+        assert float(out["score"][i]) == pytest.approx(intra + 8 * inter, abs=1e-4)
+
+
+def test_given_optimizer_is_used_and_eval_loss_recorded():
+    model = build_model("tiny", seed=0)
+    ex = arithmetic_examples(8, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hist = train_on_task(model, ex, steps=2, batch_size=4, optimizer=opt, eval_examples=ex[:2])
+    assert len(opt.state) == len(list(model.parameters()))
+    assert all(int(s["step"]) == 2 for s in opt.state.values())
+    from workbench.data.tasks import per_example_losses
+    assert hist[-1]["eval_loss"] == pytest.approx(float(per_example_losses(model, ex[:2]).mean()))
+    with pytest.raises(ValueError, match="optimizer"):
+        train_on_task(model, ex, steps=1, optimizer="adam")

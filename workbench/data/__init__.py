@@ -21,7 +21,8 @@ from .corpora import corpus_stats, list_corpora, load_corpus
 from .loader import BlockLoader, eval_batches
 from .sampler import DomainMix, GainSampler, ReplayLoader, select_top, upsample_end
 from .tasks import (answer_correct, arithmetic_examples, encode_examples, encode_prompts,
-                    exact_match, first_step_reaching, generate_answers, train_on_task)
+                    exact_match, first_step_reaching, generate_answers, per_example_grad_norms,
+                    per_example_losses, prompt_angles, train_on_task)
 from .tokenizer import BPETokenizer, ByteTokenizer, get_tokenizer
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "per_example_grads", "RademacherProjector", "gradient_features", "alignment_scores",
     "GainSampler", "select_top", "ReplayLoader", "DomainMix", "upsample_end",
     "arithmetic_examples", "encode_examples", "encode_prompts", "generate_answers",
-    "answer_correct", "exact_match", "train_on_task", "first_step_reaching",
+    "answer_correct", "exact_match", "train_on_task", "first_step_reaching", "prompt_angles",
+    "per_example_grad_norms", "per_example_losses",
 ]

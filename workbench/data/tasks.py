@@ -45,7 +45,7 @@ import torch
 
 __all__ = ["TEMPLATE", "END", "arithmetic_examples", "encode_examples", "encode_prompts",
            "generate_answers", "answer_correct", "exact_match", "train_on_task",
-           "first_step_reaching"]
+           "first_step_reaching", "prompt_angles", "per_example_grad_norms", "per_example_losses"]
 
 TEMPLATE = "Compute: "
 END = "\n"
@@ -319,6 +319,82 @@ def exact_match(model, examples, tokenizer=None, batch_size: int = 64) -> float:
     return float(answer_correct(model, examples, tokenizer, batch_size).float().mean())
 
 
+def prompt_angles(model, examples, tokenizer=None, **kwargs) -> dict:
+    """Angle concentration of each example's prompt (template + question), via
+    :func:`workbench.data.angles.angle_concentration` with the question tokens as
+    ``prompt_mask`` and the template tokens as ``template_mask`` (right padding).
+    ``kwargs`` go to ``angle_concentration`` (``inter_weight``, ``layer``, ``faithful``...).
+    Returns its dict ``{"intra", "inter", "score"}`` of float32 ``[n]``.
+
+    Example::
+
+        >>> from workbench.models import build_model
+        >>> out = prompt_angles(build_model("tiny", seed=0), arithmetic_examples(3, seed=0))
+        >>> tuple(out["score"].shape)
+        (3,)
+    """
+    from .angles import angle_concentration
+
+    _check_examples(examples)
+    enc = encode_prompts(examples, _tokenizer(tokenizer), pad="right")
+    return angle_concentration(model, enc["input_ids"], attention_mask=enc["attention_mask"],
+                               prompt_mask=enc["prompt_mask"], template_mask=enc["template_mask"],
+                               **kwargs)
+
+
+def per_example_grad_norms(model, examples, tokenizer=None, batch_size: int = 32,
+                           params=None) -> torch.Tensor:
+    """L2 norm of each example's loss gradient (mean cross-entropy on the answer + end tokens),
+    over ``params`` (names; default all trainable parameters): float32 ``[n]``. Uses
+    :func:`workbench.data.alignment.per_example_grads` ``batch_size`` examples at a time.
+
+    Example::
+
+        >>> from workbench.models import build_model
+        >>> g = per_example_grad_norms(build_model("tiny", seed=0), arithmetic_examples(3, seed=0))
+        >>> tuple(g.shape), bool((g > 0).all())
+        ((3,), True)
+    """
+    from .alignment import per_example_grads
+
+    _check_examples(examples)
+    tok = _tokenizer(tokenizer)
+    out = []
+    for sl in _batches(len(examples), batch_size):
+        enc = encode_examples(examples[sl], tok, pad="right")
+        grads = per_example_grads(model, enc["input_ids"], labels=enc["labels"],
+                                  attention_mask=enc["attention_mask"], params=params)
+        sq = sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values())
+        out.append(sq.sqrt().cpu())
+        del grads
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def per_example_losses(model, examples, tokenizer=None, batch_size: int = 128) -> torch.Tensor:
+    """Mean cross-entropy of each example on its answer + end tokens (teacher forcing): ``[n]``."""
+    _check_examples(examples)
+    tok = _tokenizer(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for sl in _batches(len(examples), batch_size):
+            enc = encode_examples(examples[sl], tok, pad="right")
+            logits = model(input_ids=enc["input_ids"].to(device),
+                           attention_mask=enc["attention_mask"].to(device),
+                           use_cache=False).logits[:, :-1].float()
+            target = enc["labels"][:, 1:].to(device)
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0),
+                                                   reduction="none")
+            keep = (target != -100).float()
+            out.append(((ce * keep).sum(1) / keep.sum(1).clamp(min=1)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
 def _task_loss(model, batch):
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 use_cache=False)
@@ -353,7 +429,8 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
                   sampler=None, eval_examples=None, eval_every: int = 50, seed: int = 0,
                   tokenizer=None, weight_decay: float = 0.0,
                   angle_signal: float | Callable[[list[int]], float] = 0.0,
-                  eval_batch_size: int = 128, progress: bool = False) -> list[dict]:
+                  eval_batch_size: int = 128, progress: bool = False,
+                  optimizer: torch.optim.Optimizer | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on ``examples`` (loss on the answer tokens only; AdamW,
     constant ``lr``); returns the history, a list of dicts.
 
@@ -370,11 +447,16 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
       with the accuracy on the epoch's drawn items. ``angle_signal``: a number or a callable
       ``(drawn indices) -> float``. The sampler is advanced in place.
 
+    ``optimizer``: use this optimizer (built on ``model``'s parameters; ``lr`` and
+    ``weight_decay`` are then ignored) instead of a fresh AdamW, e.g. to keep its Adam moments
+    for :func:`~workbench.data.alignment.gradient_features`.
+
     A batch never straddles two epochs (the last batch of an epoch may be smaller).
     History: one entry every ``eval_every`` steps (and at step 0 and at the end) with
     ``step``, ``time`` (seconds of training so far, held-out evaluation excluded), ``loss``
     (mean training loss since the previous entry; None at step 0), ``accuracy`` (exact match
-    on ``eval_examples``; None without them) and ``epoch``; with a GainSampler also ``mu``
+    on ``eval_examples``; None without them), ``eval_loss`` (their mean answer loss, see
+    :func:`per_example_losses`; None without them) and ``epoch`` (finished epochs); with a GainSampler also ``mu``
     and ``epoch_accuracy`` (of the last finished epoch). Deterministic in ``seed``.
 
     Example::
@@ -385,7 +467,7 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
         >>> hist = train_on_task(model, ex, steps=2, batch_size=8, eval_examples=ex[:4],
         ...                      eval_every=1)
         >>> [h["step"] for h in hist], sorted(hist[-1])
-        ([0, 1, 2], ['accuracy', 'epoch', 'loss', 'step', 'time'])
+        ([0, 1, 2], ['accuracy', 'epoch', 'eval_loss', 'loss', 'step', 'time'])
     """
     _check_examples(examples)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -418,7 +500,13 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
     lengths = enc["attention_mask"].sum(1)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    else:
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got "
+                         f"{type(optimizer).__name__}")
 
     def batch_of(idx):
         L = int(lengths[idx].max())
@@ -426,17 +514,19 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
 
     def evaluate():
         if eval_examples is None:
-            return None
-        return exact_match(model, eval_examples, tok, eval_batch_size)
+            return None, None
+        return (exact_match(model, eval_examples, tok, eval_batch_size),
+                float(per_example_losses(model, eval_examples, tok, eval_batch_size).mean()))
 
     history, losses = [], []
     state = {"epoch": 0, "epoch_acc": None}
     train_time = 0.0
 
     def record(step):
+        acc, eval_loss = evaluate()
         entry = {"step": step, "time": train_time,
                  "loss": (sum(losses) / len(losses)) if losses else None,
-                 "accuracy": evaluate(), "epoch": state["epoch"]}
+                 "accuracy": acc, "eval_loss": eval_loss, "epoch": state["epoch"]}
         if gain:
             entry["mu"] = float(sampler.mu)
             entry["epoch_accuracy"] = state["epoch_acc"]
