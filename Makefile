@@ -1,5 +1,6 @@
 # One virtual environment (.venv) for everything; each target sets it up when needed.
 #   make lab    JupyterLab on the tutorials (the main job)
+#   make serve  the classroom dashboard (workbench serve) on http://localhost:5006
 #   make test   the whole test suite: unit tests and every notebook (pytest --nbval-lax)
 # TORCH picks the torch build installed before the package; e.g. a CPU-only wheel elsewhere:
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
@@ -9,7 +10,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab test bench clean
+.PHONY: setup lab serve test bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+serve: $(STAMP)
+	$(BIN)/workbench serve --run-dir workbench-runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --doctest-modules workbench tests notebooks

@@ -558,6 +558,36 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the classroom dashboard: schedule, training, data selection, sparsity",
+                       description="Serve the dashboard (a panel app) on localhost. Students open the printed "
+                                   "address; everything they save goes under --run-dir.")
+    p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
+    p.add_argument("--run-dir", default="workbench-runs",
+                   help="workspace directory for schedules, runs, fits, selections and diffs")
+    p.add_argument("--address", default="localhost",
+                   help="interface to listen on (default localhost; 0.0.0.0 to let a classroom network in)")
+    p.add_argument("--allow-origin", action="append", default=None, metavar="HOST:PORT",
+                   help="extra websocket origin to accept (repeatable), e.g. my-laptop.local:5006")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from workbench.widgets.dashboard import serve
+
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    kwargs = {}
+    if args.allow_origin:
+        kwargs["websocket_origin"] = [f"localhost:{args.port}", f"127.0.0.1:{args.port}", *args.allow_origin]
+    elif args.address not in ("localhost", "127.0.0.1"):
+        kwargs["websocket_origin"] = "*"
+    print(f"workbench dashboard: http://{args.address}:{args.port}/  (workspace {args.run_dir}); Ctrl-C stops it",
+          flush=True)
+    serve(port=args.port, run_dir=args.run_dir, address=args.address, **kwargs)
+    return 0
+
+
 # ---------------------------------------------------------------------------- continual
 def _add_continual(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -639,7 +669,7 @@ def _continual_table(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
-            _add_angles, _add_select, _add_continual]
+            _add_angles, _add_select, _add_serve, _add_continual]
 
 
 def build_parser() -> argparse.ArgumentParser:

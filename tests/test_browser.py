@@ -1,0 +1,218 @@
+"""Real-browser tests: the dashboard served by ``workbench serve`` and tutorial 01 in JupyterLab,
+both driven in headless Chromium with Playwright. Every server started here is stopped (its whole
+process group) whatever happens. Screenshots go to ``test-artifacts/`` (``$WORKBENCH_ARTIFACTS``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from browser import (ARTIFACTS, CHANGE_AND_TIME, CHROMIUM_ARGS, IGNORED_CONSOLE, chromium_path,
+                     dashboard_cmd, free_port, server, why_no_browser)
+
+REASON = why_no_browser()
+if REASON and os.environ.get("WORKBENCH_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"browser tests required (WORKBENCH_REQUIRE_BROWSER=1) but {REASON}")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _console_errors(page) -> list[str]:
+    errors: list[str] = []
+
+    def keep(msg):
+        if msg.type == "error" and not any(s in msg.text for s in IGNORED_CONSOLE):
+            errors.append(msg.text)
+
+    page.on("console", keep)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    return errors
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("workspace")
+    port = free_port()
+    url = f"http://localhost:{port}/"
+    with server(dashboard_cmd(port, run_dir), url, ARTIFACTS / "dashboard-server.log", timeout=240):
+        yield url, run_dir
+
+
+def _plot(page, index: int = 0):
+    loc = page.locator(".js-plotly-plot").nth(index)
+    loc.wait_for(timeout=60_000)
+    return loc
+
+
+def test_dashboard_schedule_parameter_redraws_plot(browser, dashboard):
+    url, run_dir = dashboard
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = _console_errors(page)
+    page.goto(url, wait_until="networkidle")
+    plot = _plot(page)
+    assert plot.evaluate("el => el.data[0].x[el.data[0].x.length - 1]") == 9999   # default 10k steps
+    lr_before = plot.evaluate("el => Array.from(el.data[0].y)")
+
+    steps = page.get_by_label("total steps")
+    steps.fill("20000")
+    steps.press("Enter")
+    page.wait_for_function("el => el.data[0].x[el.data[0].x.length - 1] == 19999",
+                           arg=plot.element_handle(), timeout=30_000)
+    # a change of warmup, timed the way benchmarks/dashboard.py times it
+    ms = page.evaluate(CHANGE_AND_TIME, [page.get_by_label("warmup steps").element_handle(),
+                                         plot.element_handle(), 2000])
+    assert ms > 0, "the plot did not change after the warmup input changed"
+    lr_after = plot.evaluate("el => Array.from(el.data[0].y)")
+    assert lr_after != lr_before
+    # warmup 2000 of 20000 steps: the LR peaks at step ~2000 (the first display step at or after it)
+    x = plot.evaluate("el => Array.from(el.data[0].x)")
+    peak_at = x[max(range(len(lr_after)), key=lambda i: lr_after[i])]
+    assert 1990 <= peak_at <= 2030, peak_at
+    # the predicted-loss panel is drawn (a non-empty trace)
+    assert plot.evaluate("el => el.data[3].y.length") > 100
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-schedule.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_dashboard_training_run_from_the_page(browser, dashboard):
+    url, run_dir = dashboard
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = _console_errors(page)
+    page.goto(url, wait_until="networkidle")
+    page.locator(".bk-tab", has_text="Training").first.click()
+    page.get_by_label("run name").fill("from-browser")
+    page.get_by_label("run name").press("Enter")
+    for label, value in (("steps", "40"), ("batch size", "4"), ("sequence length", "32"), ("evaluate every", "5")):
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+    page.get_by_label("schedule", exact=True).select_option("cosine (default)")
+    page.get_by_role("button", name="Start training").click()
+
+    plot = _plot(page, 1)     # the Training tab's plot (the Schedule tab's is index 0)
+    page.wait_for_function("el => el.data.length > 0 && el.data[0].x.length >= 3",
+                           arg=plot.element_handle(), timeout=120_000)
+    n1 = plot.evaluate("el => el.data[0].x.length")
+    page.wait_for_function(f"el => el.data[0].x.length > {n1}", arg=plot.element_handle(), timeout=120_000)
+    page.wait_for_function("el => el.data[0].x.length >= 40", arg=plot.element_handle(), timeout=240_000)
+    # the page shows what the run log holds
+    log = [json.loads(line) for line in (Path(run_dir) / "runs" / "from-browser" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(40))
+    shown = plot.evaluate("el => Array.from(el.data[0].y)")
+    assert shown == pytest.approx([r["loss"] for r in log])
+    page.screenshot(path=str(ARTIFACTS / "dashboard-training.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_dashboard_sessions_do_not_share_controls(browser, dashboard):
+    url, _ = dashboard
+    a = browser.new_page()
+    b = browser.new_page()
+    for p in (a, b):
+        p.goto(url, wait_until="networkidle")
+    pa, pb = _plot(a), _plot(b)
+    steps = a.get_by_label("total steps")
+    steps.fill("3000")
+    steps.press("Enter")
+    a.wait_for_function("el => el.data[0].x[el.data[0].x.length - 1] == 2999", arg=pa.element_handle(),
+                        timeout=30_000)
+    b.wait_for_timeout(1500)
+    assert pb.evaluate("el => el.data[0].x[el.data[0].x.length - 1]") == 9999
+    a.close()
+    b.close()
+
+
+def _jupyter_env(home: Path) -> dict:
+    return {"JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "JUPYTER_DATA_DIR": os.environ.get("JUPYTER_DATA_DIR", ""), "HOME": str(home),
+            "IPYTHONDIR": str(home / "ipython"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+_CELLS = "const w = (window.jupyterapp || window.jupyterlab).shell.currentWidget; const cells = w.content.model.cells;"
+_ALL_RAN = ("() => { " + _CELLS + " const k = w.sessionContext.session.kernel; let errors = 0, pending = 0;"
+            " for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue;"
+            " if (!c.executionCount) pending++; for (let j = 0; j < c.outputs.length; j++)"
+            " if (c.outputs.get(j).type === 'error') errors++; }"
+            " return (pending === 0 || errors > 0) && k.status === 'idle'; }")
+_ERRORS = ("() => { " + _CELLS + " const out = []; for (let i = 0; i < cells.length; i++) { const c = cells.get(i);"
+           " if (c.type !== 'code') continue; for (let j = 0; j < c.outputs.length; j++) { const x = c.outputs.get(j).toJSON();"
+           " if (x.output_type === 'error') out.push(`cell ${i}: ${x.ename}: ${x.evalue}`); } } return out; }")
+
+
+def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_schedules.ipynb", nb_dir / "01_schedules.ipynb")
+    port, token = free_port(), "workbench-test-token"
+    env = {k: v for k, v in _jupyter_env(tmp_path).items() if v}
+    # every cell's output rendered (no windowing), no "news" pop-up over the screenshot
+    settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    (tmp_path / "config" / "labconfig").mkdir(parents=True)
+    (tmp_path / "config" / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+           f"--ServerApp.token={token}", f"--ServerApp.root_dir={nb_dir}", "--LabApp.expose_app_in_browser=True",
+           "--ServerApp.disable_check_xsrf=True", "--LabServerApp.open_browser=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    base = f"http://127.0.0.1:{port}"
+    with server(cmd, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab-server.log", timeout=180, env=env):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = _console_errors(page)
+        page.goto(f"{base}/lab/tree/01_schedules.ipynb?token={token}", wait_until="domcontentloaded")
+        page.wait_for_function("() => window.jupyterapp || window.jupyterlab", timeout=120_000)
+        # wait for the notebook's kernel, then run every cell
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)
+        page.wait_for_function(
+            "() => { const app = window.jupyterapp || window.jupyterlab;"
+            " const w = app.shell.currentWidget; return w && w.sessionContext && w.sessionContext.session"
+            " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
+            timeout=120_000)
+        page.evaluate("() => (window.jupyterapp || window.jupyterlab).commands.execute('notebook:run-all-cells')")
+        # every code cell ran without an error (run-all stops at the first error)
+        page.wait_for_function(_ALL_RAN, timeout=300_000)
+        failed = page.evaluate(_ERRORS)
+        assert not failed, failed
+        # the ScheduleDesigner (an ipywidgets VBox) holds a FigureWidget: a plotly plot inside the
+        # widget whose SVG has drawn lines
+        designer = ".widget-vbox .js-plotly-plot"
+        page.wait_for_function(
+            f"() => Array.from(document.querySelectorAll('{designer}'))"
+            ".some(el => el.querySelectorAll('.scatterlayer .trace path.js-line').length > 0)",
+            timeout=240_000)
+        plot = page.locator(designer).first
+        plot.scroll_into_view_if_needed()
+        paths = plot.evaluate(
+            "el => Array.from(el.querySelectorAll('.scatterlayer .trace path.js-line'))"
+            ".map(p => (p.getAttribute('d') || '').length)")
+        assert paths and max(paths) > 100, paths     # non-empty line geometry in the SVG
+        titles = plot.evaluate("el => Array.from(el.querySelectorAll('.annotation-text')).map(t => t.textContent)")
+        assert "learning rate" in titles, titles     # the designer's own panels, not another plot
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-01-schedules.png"))
+        page.close()
+    fatal = [e for e in errors if "Uncaught" in e or "page error" in e]
+    assert not fatal, fatal

@@ -1,0 +1,428 @@
+"""The classroom dashboard: ``workbench serve`` - the four tools in one panel app, no notebook needed.
+
+Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to the bundled
+runs, save it), **Training** (start a short run of the tiny model from the page and watch its loss
+with the live loss-law forecast), **Data selection** (angle concentration of a generated task,
+the GAIN sampler's subset highlighted live, export of the chosen indices) and **Sparsity** (diff
+two checkpoints, heatmap of update sparsity at any tolerance, drill-down on a matrix).
+
+Every browser session gets its own :class:`Dashboard` (its own controls and plots); what matters is
+saved in the shared :class:`~workbench.workspace.Workspace` (``--run-dir``), so a restart loses
+nothing and sessions never overwrite each other's runs. The tabs are views over the core
+(:mod:`workbench.schedules`, :mod:`workbench.plots`, :mod:`workbench.livefit`, ...): no maths here.
+
+Start it with ``workbench serve [--port P] [--run-dir DIR]`` (localhost) or
+``panel serve widgets/dashboard.py --args --run-dir DIR``.
+
+Example:
+    >>> import tempfile
+    >>> from workbench.widgets.dashboard import Dashboard
+    >>> dash = Dashboard(tempfile.mkdtemp())
+    >>> dash.schedule.controls["total_steps"].value = 2000
+    >>> dash.schedule.current().total_steps
+    2000
+    >>> dash.layout  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import panel as pn
+import plotly.graph_objects as go
+
+from workbench import plots, schedules
+from workbench.workspace import Workspace
+
+__all__ = ["Dashboard", "ScheduleTab", "TrainingTab", "app", "serve", "lr_options"]
+
+MAX_POINTS = 1000        # points per drawn curve: plenty for a plot, and half the work of 2000 per redraw
+FAMILIES = ("cosine", "wsd", "linear", "constant", "inverse_sqrt", "infinite")
+
+
+def lr_options(low_exp: int = -6, high_exp: int = -1, zero: bool = False) -> dict:
+    """Labelled LR values for a discrete slider: 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 per decade, from
+    ``10**low_exp`` to ``10**high_exp``, labelled like ``3e-03`` (panel shows small floats as 0).
+
+    Example:
+        >>> list(lr_options(-3, -2))[:4], lr_options(-3, -2)["3e-03"]
+        (['1e-03', '1.5e-03', '2e-03', '2.5e-03'], 0.003)
+    """
+    mantissas = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+    opts = {}
+    for e in range(low_exp, high_exp + 1):
+        for m in mantissas if e < high_exp else (1,):
+            v = float(f"{m}e{e}")
+            opts[f"{m:g}e{e:+03d}"] = v
+    return {"0": 0.0, **opts} if zero else opts
+
+
+def _nearest(options: dict, value: float):
+    vals = np.array(list(options.values()))
+    return float(vals[np.argmin(np.abs(np.log10(np.maximum(vals, 1e-300)) - np.log10(max(value, 1e-300))))]) \
+        if value > 0 else (0.0 if 0.0 in vals else float(vals[0]))
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _message(text: str, kind: str = "info") -> str:
+    color = {"info": "#555", "ok": "#1a7f37", "error": "#b42318"}[kind]
+    return f'<span style="color:{color}">{text}</span>'
+
+
+# ====================================================================== schedule designer
+class ScheduleTab:
+    """Design a schedule with panel controls; the figure (LR, S1, S2, predicted loss) is
+    :func:`workbench.plots.schedule_figure` with the workspace's fitted law as predictor."""
+
+    def __init__(self, ws: Workspace, predict: bool = True):
+        self.ws = ws
+        self.predictor = ws.law().predictor(max_points=MAX_POINTS) if predict else None
+        self.lr_opts, self.min_opts = lr_options(), lr_options(-7, -1, zero=True)
+        c = self.controls = {
+            "family": pn.widgets.Select(name="family", options=list(FAMILIES), value="cosine"),
+            "peak_lr": pn.widgets.DiscreteSlider(name="peak LR", options=self.lr_opts,
+                                                 value=_nearest(self.lr_opts, 3e-3)),
+            "min_lr": pn.widgets.DiscreteSlider(name="min LR", options=self.min_opts,
+                                                value=_nearest(self.min_opts, 3e-4)),
+            "total_steps": pn.widgets.IntInput(name="total steps", value=10_000, start=1, step=100),
+            "warmup_steps": pn.widgets.IntInput(name="warmup steps", value=500, start=0, step=50),
+            "decay_fraction": pn.widgets.FloatSlider(name="decay fraction (WSD)", start=0.02, end=0.9,
+                                                     step=0.01, value=0.2),
+            "decay": pn.widgets.Select(name="decay shape (WSD)", options=list(schedules.DECAY_SHAPES),
+                                       value="linear"),
+        }
+        self.compare = pn.widgets.MultiChoice(name="compare with saved", options=ws.schedule_names())
+        self.name = pn.widgets.TextInput(name="save as", placeholder="e.g. wsd-20pct")
+        self.save_button = pn.widgets.Button(name="Save schedule", button_type="primary")
+        self.status = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.plot = pn.pane.Plotly({"data": [], "layout": {}}, sizing_mode="stretch_width", height=580,
+                                   config={"displaylogo": False})
+        for w in c.values():
+            w.param.watch(self._changed, "value")
+        self.compare.param.watch(self._changed, "value")
+        self.save_button.on_click(lambda _e: self.save())
+        self.redraws = 0
+        self.redraw()
+        self.layout = pn.Row(
+            pn.Column(*c.values(), pn.layout.Divider(), self.compare, self.name, self.save_button,
+                      self.status, width=320),
+            self.plot, sizing_mode="stretch_width")
+
+    def _kwargs(self) -> dict:
+        c = self.controls
+        fam = c["family"].value
+        kw = {"peak_lr": c["peak_lr"].value, "total_steps": int(c["total_steps"].value),
+              "warmup_steps": int(c["warmup_steps"].value)}
+        if fam in ("cosine", "linear", "wsd", "infinite"):
+            kw["min_lr"] = c["min_lr"].value
+        if fam == "wsd":
+            kw.update(decay_fraction=c["decay_fraction"].value, decay=c["decay"].value)
+        return kw
+
+    def current(self):
+        """The schedule the controls describe (``ValueError`` for an impossible combination)."""
+        return schedules.make(self.controls["family"].value, **self._kwargs())
+
+    def _changed(self, _event=None):
+        self.redraw()
+
+    def redraw(self) -> None:
+        fam = self.controls["family"].value
+        self.controls["decay_fraction"].visible = self.controls["decay"].visible = fam == "wsd"
+        self.controls["min_lr"].visible = fam in ("cosine", "linear", "wsd", "infinite")
+        try:
+            scheds, names = [self.current()], ["designed"]
+        except ValueError as exc:
+            self.status.object = _message(str(exc), "error")
+            return
+        for n in self.compare.value:
+            try:
+                scheds.append(self.ws.load_schedule(n))
+                names.append(n)
+            except (ValueError, FileNotFoundError) as exc:
+                self.status.object = _message(f"{n}: {exc}", "error")
+        fig = plots.schedule_figure_dict(scheds, names=names, predictor=self.predictor, max_points=MAX_POINTS)
+        fig["layout"]["uirevision"] = "designer"
+        self.plot.object = fig
+        self.redraws += 1
+        if self.predictor is not None:
+            loss = fig["data"][3]["y"]
+            final = float(loss[-1]) if len(loss) else float("nan")
+            self.status.object = _message(f"predicted final loss {final:.4f} (law fitted to the bundled "
+                                          f"tiny-model runs)")
+        else:
+            self.status.object = ""
+
+    def save(self, name: str | None = None) -> str | None:
+        """Save the designed schedule as ``schedules/NAME.json`` in the workspace."""
+        name = (name or self.name.value or "").strip() or f"schedule-{_stamp()}"
+        try:
+            self.ws.save_schedule(name, self.current())
+        except ValueError as exc:
+            self.status.object = _message(str(exc), "error")
+            return None
+        self.compare.options = self.ws.schedule_names()
+        self.status.object = _message(f"saved {name} in {self.ws.path('schedules', name)}", "ok")
+        return name
+
+
+# ====================================================================== live training
+class TrainingTab:
+    """Start a run of the tiny model from the page and watch it: loss, val loss and the live
+    loss-law forecast (:class:`workbench.livefit.LiveFit` following the run log)."""
+
+    DESIGNED = "(designed schedule)"
+
+    def __init__(self, ws: Workspace, designer: ScheduleTab | None = None):
+        self.ws, self.designer = ws, designer
+        self.run_name = pn.widgets.TextInput(name="run name", placeholder="default: run-<time>")
+        self.data = pn.widgets.Select(name="data", options=["stdlib", "docs"], value="stdlib")
+        self.sched = pn.widgets.Select(name="schedule", options=self._schedule_options())
+        self.steps = pn.widgets.IntInput(name="steps", value=200, start=1, step=50)
+        self.batch = pn.widgets.IntInput(name="batch size", value=8, start=1)
+        self.seq_len = pn.widgets.IntInput(name="sequence length", value=64, start=8, step=8)
+        self.eval_interval = pn.widgets.IntInput(name="evaluate every", value=10, start=1)
+        self.start_button = pn.widgets.Button(name="Start training", button_type="primary")
+        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning")
+        self.resume_button = pn.widgets.Button(name="Resume", button_type="default")
+        self.runs = pn.widgets.Select(name="show run", options=ws.names("runs"))
+        self.status = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.plot = pn.pane.Plotly(self._empty(), sizing_mode="stretch_width", height=460,
+                                   config={"displaylogo": False})
+        self.start_button.on_click(lambda _e: self.start())
+        self.stop_button.on_click(lambda _e: self.stop())
+        self.resume_button.on_click(lambda _e: self.resume())
+        self.runs.param.watch(lambda _e: self._follow(), "value")
+        self._fit = None
+        self._followed: str | None = None
+        self.points = 0
+        self._follow()
+        self.layout = pn.Row(
+            pn.Column(self.run_name, self.data, self.sched, self.steps, self.batch, self.seq_len,
+                      self.eval_interval, pn.Row(self.start_button, self.stop_button, self.resume_button),
+                      pn.layout.Divider(), self.runs, self.status, width=320),
+            self.plot, sizing_mode="stretch_width")
+
+    def _schedule_options(self) -> list[str]:
+        return [self.DESIGNED, "cosine (default)"] + self.ws.schedule_names()
+
+    @staticmethod
+    def _empty():
+        fig = go.Figure()
+        fig.update_layout(template="plotly_white", height=440, xaxis_title="step", yaxis_title="loss",
+                          uirevision="training", margin=dict(l=60, r=20, t=30, b=40),
+                          legend=dict(orientation="h", y=-0.2))
+        return fig
+
+    def _schedule(self, steps: int):
+        choice = self.sched.value
+        if choice == self.DESIGNED and self.designer is not None:
+            return self.designer.current()
+        if choice in (self.DESIGNED, "cosine (default)"):
+            return schedules.cosine(peak_lr=3e-3, total_steps=steps, warmup_steps=max(1, steps // 20),
+                                    min_lr=3e-4)
+        return self.ws.load_schedule(choice)
+
+    def config(self):
+        """The TrainConfig the form describes."""
+        from workbench.train import TrainConfig
+
+        steps = int(self.steps.value)
+        sched = self._schedule(steps)
+        if steps > sched.total_steps:
+            raise ValueError(f"steps={steps} is past the schedule's {sched.total_steps} steps; lower "
+                             f"steps or design a longer schedule")
+        return TrainConfig(model="tiny", data=self.data.value, schedule=sched, steps=steps,
+                           batch_size=int(self.batch.value), seq_len=int(self.seq_len.value),
+                           eval_interval=int(self.eval_interval.value), eval_batches=4,
+                           checkpoint_interval=max(50, steps // 4), max_tokens=2_000_000, progress=False)
+
+    def start(self) -> str | None:
+        """Start the run described by the form in a background thread; returns its name."""
+        self.sched.options = self._schedule_options()
+        try:
+            name = self.ws.unique_name("runs", (self.run_name.value or "").strip() or f"run-{_stamp()}")
+            self.ws.start_run(name, self.config())
+        except (ValueError, FileNotFoundError) as exc:
+            self.status.object = _message(str(exc), "error")
+            return None
+        self.runs.options = self.ws.names("runs")
+        self.runs.value = name
+        self._follow()
+        self.status.object = _message(f"started {name}", "ok")
+        return name
+
+    def stop(self) -> None:
+        if self.runs.value:
+            self.ws.stop_run(self.runs.value, wait=None)
+            self.status.object = _message(f"stopping {self.runs.value} after its current step")
+
+    def resume(self) -> None:
+        name = self.runs.value
+        if not name:
+            return
+        try:
+            self.ws.resume_run(name)
+        except (ValueError, FileNotFoundError) as exc:
+            self.status.object = _message(str(exc), "error")
+            return
+        self._follow(force=True)
+        self.status.object = _message(f"resumed {name}", "ok")
+
+    def _follow(self, force: bool = False) -> None:
+        from workbench.livefit import LiveFit
+
+        name = self.runs.value
+        if name == self._followed and not force:
+            return
+        self._followed, self._fit, self.points = name, None, 0
+        if name:
+            try:
+                self._fit = LiveFit.from_run_log(self.ws.run_dir(name), law="multipower", min_points=8,
+                                                 refit_every=5, min_interval_s=0.5)
+            except (ValueError, FileNotFoundError) as exc:
+                self.status.object = _message(str(exc), "error")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read new log lines of the shown run and redraw (the server calls this periodically)."""
+        current = self.ws.names("runs")
+        if current != list(self.runs.options):
+            self.runs.options = current
+        if self._fit is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = self._fit.poll()
+        status = self.ws.run_status(self._followed)
+        if not new and self.points:
+            self.status.object = self._status_text(status)
+            return
+        self.points += new
+        self.plot.object = self._figure()
+        self.status.object = self._status_text(status)
+
+    def _status_text(self, status: dict) -> str:
+        text = f"<b>{self._followed}</b>: {status['state']}, step {status['step']}"
+        rep = self._fit.report() if self._fit is not None and self._fit._last_step >= 0 else {}
+        if rep.get("fitted"):
+            text += (f"<br>forecast final loss {rep['final_loss']:.3f} "
+                     f"[{rep['final_low']:.3f}, {rep['final_high']:.3f}] ({rep['loss_key']})")
+        if status.get("error"):
+            text += f"<br>{status['error']}"
+        return _message(text, "error" if status["state"] == "failed" else "info")
+
+    def _figure(self):
+        from workbench.runlog import latest_per_step, read_run_log
+
+        fig = self._empty()
+        log = self.ws.run_dir(self._followed) / "log.jsonl"
+        if not log.exists():
+            return fig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recs = latest_per_step(read_run_log(log))
+        steps = [r["step"] for r in recs]
+        fig.add_scatter(x=steps, y=[r.get("loss") for r in recs], name="train loss", mode="lines",
+                        line=dict(color="#9aa5b1"))
+        val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
+        if val:
+            fig.add_scatter(x=[s for s, _ in val], y=[v for _, v in val], name="val loss",
+                            mode="lines+markers", line=dict(color="#ef553b"))
+        if self._fit is not None and self._fit.fitted is not None:
+            T = self._fit.lrs.size
+            grid = plots.display_steps(T, 400)
+            mean, lo, hi = self._fit.predict(grid, band=True)
+            fig.add_scatter(x=grid, y=hi, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
+            fig.add_scatter(x=grid, y=lo, mode="lines", line=dict(width=0), fill="tonexty",
+                            fillcolor="rgba(99,110,250,0.15)", name="95% band", hoverinfo="skip")
+            fig.add_scatter(x=grid, y=mean, name=f"forecast ({self._fit.law})", mode="lines",
+                            line=dict(color="#636efa", dash="dash"))
+        return fig
+
+
+# ====================================================================== the app
+class Dashboard:
+    """One browser session's dashboard over a shared workspace directory."""
+
+    def __init__(self, run_dir: str | os.PathLike, poll_ms: int = 500, predict: bool = True):
+        self.ws = Workspace(run_dir)
+        self.schedule = ScheduleTab(self.ws, predict=predict)
+        self.training = TrainingTab(self.ws, designer=self.schedule)
+        self.tabs: list[tuple[str, Any]] = [("Schedule", self.schedule), ("Training", self.training)]
+        for title, factory in _optional_tabs():
+            try:
+                self.tabs.append((title, factory(self.ws)))
+            except ImportError as exc:          # a tab whose core is missing is shown as a message
+                self.tabs.append((title, _Missing(str(exc))))
+        self.poll_ms = int(poll_ms)
+        header = pn.pane.HTML(f"<h2 style='margin:4px 0'>workbench</h2><span style='color:#666'>workspace "
+                              f"<code>{self.ws.root}</code></span>")
+        self.layout = pn.Column(header, pn.Tabs(*[(t, obj.layout) for t, obj in self.tabs], dynamic=False),
+                                sizing_mode="stretch_width")
+        self._callback = None
+
+    def refresh(self) -> None:
+        for _t, obj in self.tabs:
+            if hasattr(obj, "refresh"):
+                obj.refresh()
+
+    def start_polling(self) -> None:
+        """Refresh live views every ``poll_ms`` (call inside a served session)."""
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.refresh, period=self.poll_ms)
+
+    def servable(self):
+        pn.state.onload(self.start_polling)
+        return self.layout
+
+
+class _Missing:
+    def __init__(self, why: str):
+        self.layout = pn.pane.HTML(_message(f"not available: {why}", "error"))
+
+
+def _optional_tabs():
+    """The data-selection and sparsity tabs (their modules import heavier optional parts)."""
+    out = []
+    try:
+        from workbench.widgets.dashboard_tabs import AnglesTab, SparsityTab
+
+        out += [("Data selection", AnglesTab), ("Sparsity", SparsityTab)]
+    except ImportError:
+        pass
+    return out
+
+
+def app(run_dir: str | os.PathLike = "workbench-runs", poll_ms: int = 500):
+    """A new session's dashboard layout (what ``panel serve`` shows for each browser session)."""
+    return Dashboard(run_dir, poll_ms=poll_ms).servable()
+
+
+def serve(port: int = 5006, run_dir: str | os.PathLike = "workbench-runs", address: str = "localhost",
+          show: bool = False, threaded: bool = False, poll_ms: int = 500, **kwargs):
+    """Serve the dashboard (one :class:`Dashboard` per browser session) on ``address:port``.
+
+    Blocks until interrupted unless ``threaded=True`` (then returns the server thread; stop it
+    with ``.stop()``). Works offline: panel's resources are served by the server itself.
+    """
+    Workspace(run_dir).law()      # fit (or load) the law once, before the first page asks for it
+    pn.extension("plotly", inline=True)
+    websocket_origin = kwargs.pop("websocket_origin", [f"{address}:{port}", f"127.0.0.1:{port}",
+                                                       f"localhost:{port}"])
+    return pn.serve({"/": lambda: app(run_dir, poll_ms)}, port=port, address=address, show=show,
+                    threaded=threaded, websocket_origin=websocket_origin, title="workbench", **kwargs)
+
+
+if __name__.startswith("bokeh"):          # `panel serve widgets/dashboard.py --args --run-dir DIR`
+    pn.extension("plotly", inline=True)
+    _args = sys.argv[1:]
+    _dir = _args[_args.index("--run-dir") + 1] if "--run-dir" in _args else "workbench-runs"
+    app(_dir).servable(title="workbench")
