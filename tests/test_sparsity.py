@@ -326,8 +326,11 @@ def test_sparsity_at_and_grid_match_brute_force_at_grid_edges(dtype, monkeypatch
     d.to_json(tmp_path / "d.json")
     loaded = SparsityDiff.load(tmp_path / "d.json")
     grid = diff_mod.TOLERANCE_GRID
-    edges = [0.0, grid[0], 1e-9, 3.2e-8, 1e-7, 5.6e-6, 1e-5, 1.3e-4, 1e-3, 0.042, 0.1, grid[-1]]
-    assert all(e == 0 or e in grid for e in edges)
+    snap = diff_mod.snap_tolerance
+    edges = [0.0, grid[0], snap(1e-9), snap(3.2e-8), snap(1e-7), snap(5.6e-6), 1e-5, snap(1e-5), snap(1.3e-4),
+             snap(1e-3), snap(0.042), snap(0.1), grid[-1]]
+    assert all(e == 0 or e in grid or e == 1e-5 for e in edges)
+    assert all(abs(np.log10(e) - k / 8) < 0.002 for e, k in zip(grid, range(-80, 9)))  # 10**(k/8) within 0.4%
     deltas = {k: tuned[k].double().numpy() - base[k].double().numpy() for k in base}
     for e in edges:
         for which in ("atol", "rtol"):
@@ -352,8 +355,8 @@ def test_sparsity_at_and_grid_match_brute_force_at_grid_edges(dtype, monkeypatch
                     assert frame.loc[layer, col] == pytest.approx(want, abs=1e-15)
                 assert np.isnan(frame.loc[1, "down_proj"]) and np.isnan(frame.loc[0, "norms"])
     # snapping: an off-grid value acts as its nearest edge in log space
-    assert d.sparsity_at(atol=1.1e-5) == d.sparsity_at(atol=1e-5)
-    assert diff_mod.snap_tolerance(1.1e-3) == 1e-3 and diff_mod.snap_tolerance(1e5) == grid[-1]
+    assert d.sparsity_at(atol=1.1e-5) == d.sparsity_at(atol=snap(1e-5))
+    assert snap(1.1e-3) == snap(1e-3) == grid[56] and snap(1e5) == grid[-1] and snap(1e-30) == grid[0]
     with pytest.raises(ValueError, match="not both"):
         d.sparsity_at(atol=1e-5, rtol=1e-3)
     with pytest.raises(ValueError, match="finite number"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.sparsity import diff_checkpoints
-from workbench.sparsity.diff import TOLERANCE_GRID
+from workbench.sparsity.diff import TOLERANCE_GRID, snap_tolerance
 from workbench.widgets import SparsityInspector
 
 TYPES = {"q_proj": "self_attn", "k_proj": "self_attn", "o_proj": "self_attn", "up_proj": "mlp",
@@ -77,7 +77,7 @@ def test_heatmap_is_brute_force_sparsity_and_follows_the_slider(pair):
     assert shown.keys() == truth.keys()
     assert all(shown[k] == pytest.approx(truth[k], abs=1e-12) for k in truth)
     assert len({round(v, 6) for v in truth.values()}) > 4      # the cells really differ
-    for tol in (1e-6, 4.2e-4, 1e-3, 0.0):
+    for tol in (snap_tolerance(1e-6), snap_tolerance(4.2e-4), snap_tolerance(1e-3), 0.0):
         assert tol in [v for _, v in w.tolerance.options]
         w.tolerance.value = tol                                   # what a slider drag does
         truth = _brute_cells(base, ta, tol)
@@ -87,14 +87,16 @@ def test_heatmap_is_brute_force_sparsity_and_follows_the_slider(pair):
     w.tolerance.value = 1e-5
     assert w.tolerance.label == "1e-05" and "1e-05" in w.figure.layout.title.text
     w.mode.value = "rtol"                                          # relative tolerance
-    w.tolerance.value = 1e-4
-    truth = _brute_cells(base, ta, 1e-4, rel=True)
+    rt = snap_tolerance(1e-4)
+    w.tolerance.value = rt
+    assert w.tolerance.label == "1e-04"
+    truth = _brute_cells(base, ta, rt, rel=True)
     shown = _shown(w)
     assert all(shown[k] == pytest.approx(truth[k], abs=1e-12) for k in truth)
     changed = sum(np.count_nonzero(np.abs(ta[k].double().numpy() - base[k].double().numpy())
-                                   > 1e-4 * np.abs(base[k].double().numpy())) for k in base)
+                                   > rt * np.abs(base[k].double().numpy())) for k in base)
     overall = 1 - changed / sum(v.numel() for v in base.values())
-    assert f"overall sparsity <b>{overall:.4f}</b> at rtol=0.0001" in w.message.value
+    assert f"overall sparsity <b>{overall:.4f}</b> at rtol=1e-04" in w.message.value
 
 
 def test_select_shows_row_col_sparsity_and_singular_values(pair):
@@ -149,7 +151,11 @@ def test_grid_edges_are_readable_on_the_slider(pair):
     w = SparsityInspector(diff_checkpoints(base, ta, atol=2e-5))   # an off-grid atol is offered exactly
     labels = dict((v, lab) for lab, v in w.tolerance.options)
     assert w.tolerance.value == 2e-5 and labels[2e-5] == "2e-05"
-    assert labels[1e-5] == "1e-05" and labels[1.3e-5] == "1.3e-05" and labels[TOLERANCE_GRID[0]] == "1e-10"
+    assert labels[snap_tolerance(1e-5)] == "1e-05" and labels[snap_tolerance(1.3e-5)] == "1.3e-05"
+    assert labels[TOLERANCE_GRID[0]] == "1e-10" and labels[snap_tolerance(0.1)] == "1e-01"
+    assert snap_tolerance(2e-5) in labels and w.tolerance.options.index(("2e-05", 2e-5)) > 0
+    own = dict((v, lab) for lab, v in SparsityInspector(diff_checkpoints(base, ta)).tolerance.options)
+    assert own[1e-5] == "1e-05" and snap_tolerance(1e-5) not in own   # no twin of the diff's own atol
     truth = _brute_cells(base, ta, 2e-5)
     shown = _shown(w)
     assert all(shown[k] == pytest.approx(truth[k], abs=1e-12) for k in truth)

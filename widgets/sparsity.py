@@ -9,13 +9,14 @@ are not read again), the drill-down is ``diff.detail(name)`` (per-row / per-colu
 Example:
     >>> import torch
     >>> from workbench.sparsity import diff_checkpoints
+    >>> from workbench.sparsity.diff import snap_tolerance
     >>> from workbench.widgets import SparsityInspector
     >>> base = {f"model.layers.{i}.self_attn.q_proj.weight": torch.zeros(4, 4) for i in range(2)}
     >>> tuned = {k: v + torch.eye(4) * 1e-3 for k, v in base.items()}
     >>> w = SparsityInspector(diff_checkpoints(base, tuned))
     >>> [list(row) for row in w.figure.data[0].z]        # 12 of 16 entries unchanged at atol 1e-05
     [[0.75], [0.75]]
-    >>> w.tolerance.value = 0.01                          # what a slider drag does
+    >>> w.tolerance.value = snap_tolerance(0.01)          # what a slider drag does
     >>> [list(row) for row in w.figure.data[0].z]
     [[1.0], [1.0]]
     >>> w  # doctest: +SKIP
@@ -29,14 +30,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.sparsity import SparsityDiff, overlap
-from workbench.sparsity.diff import TOLERANCE_GRID
 
 __all__ = ["SparsityInspector"]
 
 
 def _label(value: float) -> str:
-    """Slider readout: 0, 1e-05, 1.3e-05, ..."""
-    return "0" if value == 0 else f"{value:.2g}"
+    """Slider readout: 0, 1e-05, 1.3e-05, ..., 1e-04 (two significant digits, always with an exponent)."""
+    return "0" if value == 0 else f"{value:.1e}".replace(".0e", "e")
 
 
 def _short(name: str) -> str:
@@ -147,7 +147,8 @@ class SparsityInspector(W.VBox):
     # ------------------------------------------------------------------ internals
     def _options(self, mode: str) -> list:
         own = self.diff.atol if mode == "atol" else self.diff.rtol
-        values = sorted({0.0, *TOLERANCE_GRID, *([own] if own is not None else [])})
+        grid = [e for e in self.diff.grid_edges if own is None or abs(e / own - 1) > 0.01]  # own value, exact
+        values = sorted({0.0, *grid, *([own] if own is not None else [])})
         return [(_label(v), v) for v in values]
 
     def _on_mode(self, change) -> None:

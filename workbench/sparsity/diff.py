@@ -280,10 +280,28 @@ def _st_single(path: Path, describe: str) -> _SafetensorsReader:
 
 
 # ------------------------------------------------------------------------------------- statistics
-#: Tolerance grid of the cached histograms: 8 log-spaced edges per decade from 1e-10 to 10, each rounded to
-#: two significant digits (1e-05, 1.3e-05, 1.8e-05, 2.4e-05, 3.2e-05, 4.2e-05, 5.6e-05, 7.5e-05, 1e-04, ...).
-TOLERANCE_GRID: tuple = tuple(float(f"{10 ** (k / 8):.2g}") for k in range(-80, 9))
-CHUNK_ELEMENTS = 1 << 22  # elements per streamed chunk (16 MiB of float32 per checkpoint)
+_CELL_SHIFT = 15  # float32 bits >> 15: sign, exponent and the top 8 mantissa bits, 2**16 cells
+
+
+def _make_grid() -> tuple:
+    """``10**(k/8)`` for k = -80..8, each moved (by under 0.4%) to the largest float32 of its cell of the
+    top 16 bits, so that ``x > edge`` is exactly ``cell(x) > cell(edge)`` for float32 ``x >= 0``."""
+    out = []
+    for k in range(-80, 9):
+        c = int(np.array(10 ** (k / 8), dtype=np.float32).view(np.int32)) >> _CELL_SHIFT
+        tops = [float(np.array((cc << _CELL_SHIFT) | ((1 << _CELL_SHIFT) - 1), dtype=np.int32).view(np.float32))
+                for cc in (c - 1, c)]
+        out.append(min(tops, key=lambda v: abs(math.log10(v) - k / 8)))
+    return tuple(out)
+
+
+#: Tolerance grid of the cached histograms: 8 log-spaced edges per decade from 1e-10 to 10 (``10**(k/8)``,
+#: each within 0.4% of that: the largest float32 of its 16-bit cell, see ``_make_grid``; ``f"{e:.2g}"``
+#: reads 1e-05, 1.3e-05, 1.8e-05, 2.4e-05, 3.2e-05, 4.2e-05, 5.6e-05, 7.5e-05, 0.0001, ...).
+TOLERANCE_GRID: tuple = _make_grid()
+_EDGE_CELLS = np.array([int(np.array(e, dtype=np.float32).view(np.int32)) >> _CELL_SHIFT for e in TOLERANCE_GRID])
+_CELL_STARTS = np.concatenate([[0], _EDGE_CELLS + 1])  # np.add.reduceat boundaries: cells -> grid bins
+CHUNK_ELEMENTS = 1 << 20  # elements per streamed chunk (4 MiB of float32 per checkpoint)
 # Columns of SparsityDiff.grid, in order (other module types follow, sorted).
 GRID_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "norms", "embed")
 
@@ -335,6 +353,18 @@ class _Acc:
         self.mask_parts = [] if keep_mask else None
 
 
+def _hist(values: torch.Tensor, edges: torch.Tensor) -> np.ndarray:
+    """Counts of ``values >= 0`` per grid bin (bin i: ``edges[i-1] < v <= edges[i]``).
+
+    float32: one ``bincount`` of the top 16 bits, summed per bin (exact: every edge is the top of a cell;
+    far faster than a binary search per value); float64: ``bucketize`` against the same edges.
+    """
+    if values.dtype == torch.float32 and len(edges) == len(TOLERANCE_GRID):
+        cells = torch.bincount(values.view(torch.int32) >> _CELL_SHIFT, minlength=1 << 16).numpy()
+        return np.add.reduceat(cells, _CELL_STARTS)
+    return torch.bincount(torch.bucketize(values, edges), minlength=len(edges) + 1).numpy()
+
+
 def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
     """Fold the flat chunk pair ``bf``, ``tf`` (elements ``start..``) into ``acc``.
 
@@ -354,13 +384,13 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             bv, tv = bf[idx].to(compute), tf[idx].to(compute)
     if idx is None:
         bv, tv = bf.to(compute), tf.to(compute)
-    absd = torch.nan_to_num((tv - bv).abs_(), nan=0.0)  # NaN deltas count as unchanged, like |nan| > atol
+    absd = torch.nan_to_num_((tv - bv).abs_(), nan=0.0)  # NaN deltas count as unchanged, like |nan| > atol
     nz = int(torch.count_nonzero(absd))
     acc.zeros += n - nz
-    hist = torch.bincount(torch.bucketize(absd, edges), minlength=len(edges) + 1).numpy()
+    hist = _hist(absd, edges)
     absb = bv.abs()
-    rel = torch.nan_to_num(absd / absb, nan=0.0)  # 0/0 -> unchanged, x/0 -> inf (changed at every rtol)
-    rhist = torch.bincount(torch.bucketize(rel, edges), minlength=len(edges) + 1).numpy()
+    rel = torch.nan_to_num_(absd / absb, nan=0.0)  # 0/0 -> unchanged, x/0 -> inf (changed at every rtol)
+    rhist = _hist(rel, edges)
     if idx is not None:  # the entries equal in both sit below every edge
         hist[0] += n - len(idx)
         rhist[0] += n - len(idx)
@@ -387,7 +417,7 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             acc.mask_parts.append(m.numpy())
 
 
-def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=CHUNK_ELEMENTS):
+def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None):
     """Stream one tensor pair in chunks; returns (row dict, stats dict, packed mask or None)."""
     dtype = getattr(torch, rb.meta[name][1])
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -395,15 +425,18 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
     edges = torch.tensor(TOLERANCE_GRID, dtype=compute)
     acc = _Acc(shape, len(edges), keep_mask)
     want_svd = len(shape) == 2 and 0 < numel <= max_rank_numel
-    step = numel if want_svd else max(8, chunk // 8 * 8)  # multiples of 8 keep the packed mask aligned
-    delta = None
+    chunk = CHUNK_ELEMENTS if chunk is None else chunk
+    step = max(8, chunk // 8 * 8)  # multiples of 8 keep the packed mask aligned
+    delta = torch.empty(numel, dtype=torch.float32) if want_svd else None
     for start in range(0, numel, step):
         stop = min(numel, start + step)
         bf, tf = rb.read(name, start, stop), rt.read(name, start, stop)
         _chunk_stats(acc, bf, tf, start, compute, atol, rtol, edges)
         if want_svd:
-            delta = (tf.to(compute) - bf.to(compute)).reshape(shape).to(torch.float32)
+            delta[start:stop] = tf.to(compute) - bf.to(compute)
         del bf, tf
+    if want_svd:
+        delta = delta.reshape(shape)
     layer, kind = parse_name(name)
     base_norm, delta_norm = math.sqrt(acc.base_sq), math.sqrt(acc.delta_sq)
     row = {
@@ -462,8 +495,8 @@ def _snap_to(value: float, what: str, edges=TOLERANCE_GRID) -> tuple[int, float]
 def snap_tolerance(value: float) -> float:
     """The grid edge (:data:`TOLERANCE_GRID`) nearest ``value`` in log space; 0 stays 0.
 
-    >>> snap_tolerance(1e-5), snap_tolerance(1.1e-5), snap_tolerance(1e-12), snap_tolerance(0)
-    (1e-05, 1e-05, 1e-10, 0.0)
+    >>> [f"{snap_tolerance(x):.4e}" for x in (1e-5, 1.1e-5, 1.2e-5, 1e-12, 0)]
+    ['1.0014e-05', '1.0014e-05', '1.3322e-05', '1.0004e-10', '0.0000e+00']
     """
     return _snap_to(value, "the tolerance")[1]
 
@@ -639,8 +672,10 @@ class SparsityDiff:
         Give ``atol`` (changed when ``|delta| > atol``) or ``rtol`` (changed when ``|delta| / |base| >
         rtol``), neither for the diff's own ``atol``. The diff's own ``atol``/``rtol`` give its exact counts;
         any other value is snapped to the nearest edge of :data:`TOLERANCE_GRID` in log space (0 stays 0,
-        values beyond the ends go to the end edges) and the result is exact for that edge, compared in the
-        diff's compute dtype (float32, float64 for float64 checkpoints). :func:`snap_tolerance` shows the
+        values beyond the ends go to the end edges; the edges are ``10**(k/8)`` within 0.4%, e.g. the one
+        shown as 1e-05 is 1.0013579e-05) and the result is exact for that edge, compared in the diff's compute
+        dtype (float32, float64 for float64 checkpoints; the relative ratio ``|delta| / |base|`` is one
+        rounded division, so an entry within a rounding error of ``rtol * |base|`` may fall on either side). :func:`snap_tolerance` shows the
         edge. Returns ``{name: sparsity, ..., "overall": sparsity}``.
 
         >>> import torch
@@ -763,8 +798,7 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     (float32, matrix_rank's default tolerance, recorded as ``rank_tol``) and the effective rank
     ``exp(entropy of s / sum(s))``; larger ones get None.
 
-    Tensors are streamed in chunks of :data:`CHUNK_ELEMENTS` entries (whole for the 2-D ones that get a
-    rank), safetensors read with plain file reads of each tensor's byte range (no memory map), so memory
+    Tensors are streamed in chunks of :data:`CHUNK_ELEMENTS` entries, safetensors read with plain file reads of each tensor's byte range (no memory map), so memory
     stays near one chunk per checkpoint plus the largest delta that gets an SVD. Every tensor also caches
     the statistics that :meth:`SparsityDiff.sparsity_at` and :meth:`SparsityDiff.grid` re-threshold
     from. ``progress``: a tqdm bar (default: only above 2**27 entries).
