@@ -131,6 +131,7 @@ def wanda_prune(model: nn.Module, batches, sparsity: float, skip=("lm_head",)) -
 # --------------------------------------------------------------------------------------------- FLAP
 #: module-name suffixes FLAP prunes: Llama attention output / MLP down, GPT-2 attn.c_proj / mlp.c_proj
 FLAP_TARGETS = ("o_proj", "down_proj", "attn.c_proj", "mlp.c_proj")
+_ATTN_OUT = ("o_proj", "attn.c_proj")  # the attention output projections among them (heads on their input)
 
 
 def _is_conv1d(m) -> bool:   # transformers' GPT-2 Conv1D: weight (in, out), y = x @ W + b
@@ -222,7 +223,8 @@ def flap_scores(weight: torch.Tensor, input_var: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def flap_prune(model: nn.Module, calibration_batches, ratio: float, targets=FLAP_TARGETS,
-               compensate: bool = True) -> dict[str, torch.Tensor]:
+               compensate: bool = True, structure: str = "channel",
+               num_heads: int | None = None) -> dict[str, torch.Tensor]:
     """FLAP structured pruning in place; returns module name -> (in,) bool mask (True = channel pruned).
 
     1. ``input_stats`` on ``calibration_batches``; 2. ``S = flap_scores(W, var)`` per module;
@@ -234,28 +236,71 @@ def flap_prune(model: nn.Module, calibration_batches, ratio: float, targets=FLAP
 
     A module without a bias (Llama's ``Linear(bias=False)``) gets one: a zero-initialised ``nn.Parameter``
     is registered as its ``bias`` in place (``F.linear`` then adds it; the state dict gains
-    ``<name>.bias``). Channels are pruned one by one, not whole attention heads as in the paper.
+    ``<name>.bias``).
+
+    ``structure="channel"`` (default) prunes input channels one by one. ``structure="head"`` prunes whole
+    attention heads as in the paper: in the attention output modules (names ending with ``o_proj`` or
+    ``attn.c_proj``) the input channels are grouped per head (``num_heads``, default
+    ``model.config.num_attention_heads``; head ``h`` owns channels ``h*d .. (h+1)*d - 1``), a head's score is
+    the sum of its channels' fluctuation scores, standardised over the heads of that module; MLP channels
+    stay single units standardised per module; then one global threshold over all units: units are taken
+    from the lowest standardised score up (ties by module order, then unit index) while the pruned channels
+    stay within ``floor(ratio * total channels)``, stopping at the first that does not fit. A pruned head's
+    ``d`` input columns are zeroed with the same bias compensation (its q/k/v rows become dead weight; they
+    are left in place). Masks are per input channel either way.
+
+    >>> from workbench.models import build_model
+    >>> model = build_model("tiny", num_hidden_layers=1)
+    >>> masks = flap_prune(model, [torch.randint(0, 256, (2, 16))], 0.2, structure="head")
+    >>> m = masks["model.layers.0.self_attn.o_proj"].reshape(4, 32)   # 4 heads of 32 channels
+    >>> bool((m.all(1) | ~m.any(1)).all())                            # whole heads or nothing
+    True
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1) (the fraction of input channels to prune), got {ratio!r}")
+    if structure not in ("channel", "head"):
+        raise ValueError(f"structure must be 'channel' or 'head', got {structure!r}")
     stats = input_stats(model, calibration_batches, targets)
     mods = _targets(model, targets)
     names = list(mods)
-    std = []
-    for name in names:
-        s = flap_scores(_weight_out_in(mods[name]), stats[name]["var"]).double()
+    if structure == "head":
+        heads = num_heads if num_heads is not None else getattr(getattr(model, "config", None),
+                                                                 "num_attention_heads", None)
+        if not isinstance(heads, int) or heads < 1:
+            raise ValueError("structure='head' needs the number of attention heads: pass num_heads=... (the "
+                             "model has no config.num_attention_heads)")
+    # units: (module index, first channel, channel count); standardised per module
+    units, zs = [], []
+    for i, name in enumerate(names):
+        s = flap_scores(_weight_out_in(mods[name]), stats[name]["var"]).double().cpu()
+        size = 1
+        if structure == "head" and name.endswith(_ATTN_OUT):
+            if s.numel() % heads:
+                raise ValueError(f"{name} has {s.numel()} input channels, not a multiple of num_heads={heads}; "
+                                 "pass the right num_heads")
+            size = s.numel() // heads
+            s = s.reshape(heads, size).sum(1)
         sd = s.std() if s.numel() > 1 else s.new_zeros(())
-        std.append((s - s.mean()) / sd if sd > 0 else torch.zeros_like(s))
-    flat = torch.cat([z.cpu() for z in std])
-    k = int(ratio * flat.numel())
+        zs.append((s - s.mean()) / sd if sd > 0 else torch.zeros_like(s))
+        units += [(i, j * size, size) for j in range(s.numel())]
+    flat = torch.cat(zs)
+    total = sum(_in_features(mods[n]) for n in names)
+    budget = int(ratio * total)
     pruned = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k:
-        pruned[torch.argsort(flat, stable=True)[:k]] = True
-    masks, start = {}, 0
-    for name, z in zip(names, std):
+    used = 0
+    for u in torch.argsort(flat, stable=True).tolist():
+        if used + units[u][2] > budget:
+            break
+        pruned[u] = True
+        used += units[u][2]
+    chan = {name: torch.zeros(_in_features(mods[name]), dtype=torch.bool) for name in names}
+    for u in torch.nonzero(pruned).flatten().tolist():
+        i, first, size = units[u]
+        chan[names[i]][first:first + size] = True
+    masks = {}
+    for name in names:
         m = mods[name]
-        mask = pruned[start:start + z.numel()].to(m.weight.device)
-        start += z.numel()
+        mask = chan[name].to(m.weight.device)
         w = _weight_out_in(m)
         if compensate and mask.any():
             mean = stats[name]["mean"].to(w.device, torch.float32)
