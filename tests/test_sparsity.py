@@ -363,12 +363,14 @@ def test_sparsity_at_and_grid_match_brute_force_at_grid_edges(dtype, monkeypatch
         d.sparsity_at(atol=-1.0)
 
 
-def test_cached_row_col_counts_and_singular_values(one_thread):
+def test_cached_row_col_counts_and_singular_values(one_thread, tmp_path):
     base, tuned = _spread_pair(torch.float32, seed=11)
     d = diff_checkpoints(base, tuned, atol=1e-4)
+    d.to_json(tmp_path / "d.json")
+    loaded = SparsityDiff.load(tmp_path / "d.json")
     for name in base:
         dd = tuned[name].double().numpy() - base[name].double().numpy()
-        x = d.detail(name)
+        x = loaded.detail(name)
         if dd.ndim != 2:
             assert x["row_changed"] is None and x["svals"] is None
             continue

@@ -33,6 +33,7 @@ import os
 import pickle
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -512,11 +513,12 @@ def snap_tolerance(value: float) -> float:
 
 
 def _b64(arr, dtype: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(arr, dtype=dtype).tobytes()).decode("ascii")
+    """base64 of the zlib-compressed little-endian bytes (row/column counts are mostly repeats)."""
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(arr, dtype=dtype).tobytes())).decode("ascii")
 
 
 def _unb64(text: str, dtype: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=dtype).copy()
 
 
 def _hist_to_json(h: np.ndarray) -> list:
@@ -534,7 +536,7 @@ def _hist_from_json(pairs, n_bins: int) -> np.ndarray:
 def _stats_to_json(s: dict) -> dict:
     out = {"zeros": int(s["zeros"]), "abs_hist": _hist_to_json(s["abs_hist"]),
            "rel_hist": _hist_to_json(s["rel_hist"])}
-    for key, dt in (("row_changed", "<i8"), ("col_changed", "<i8"), ("svals", "<f4")):
+    for key, dt in (("row_changed", "<u4"), ("col_changed", "<u4"), ("svals", "<f4")):
         out[key] = None if s[key] is None else _b64(s[key], dt)
     return out
 
@@ -542,7 +544,7 @@ def _stats_to_json(s: dict) -> dict:
 def _stats_from_json(d: dict, n_bins: int) -> dict:
     out = {"zeros": int(d["zeros"]), "abs_hist": _hist_from_json(d["abs_hist"], n_bins),
            "rel_hist": _hist_from_json(d["rel_hist"], n_bins)}
-    for key, dt in (("row_changed", "<i8"), ("col_changed", "<i8"), ("svals", "<f4")):
+    for key, dt in (("row_changed", "<u4"), ("col_changed", "<u4"), ("svals", "<f4")):
         out[key] = None if d.get(key) is None else _unb64(d[key], dt).astype(
             np.float32 if key == "svals" else np.int64)
     return out
