@@ -23,13 +23,11 @@ Example:
 """
 from __future__ import annotations
 
-import math
-
 import ipywidgets as W
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.sparsity import SparsityDiff, overlap
+from workbench.sparsity import SparsityDiff, overlap, snap_tolerance
 
 __all__ = ["SparsityInspector"]
 
@@ -158,9 +156,7 @@ class SparsityInspector(W.VBox):
         self._updating = True
         try:
             self.tolerance.options = self._options(mode)
-            self.tolerance.value = own if own is not None else min(
-                (v for _, v in self.tolerance.options), key=lambda v: abs(math.log10(max(v, 1e-300)) -
-                                                                          math.log10(max(current, 1e-300))))
+            self.tolerance.value = own if own is not None else snap_tolerance(current)  # a grid edge
         finally:
             self._updating = False
         self._redraw()

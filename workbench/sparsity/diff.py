@@ -687,8 +687,8 @@ class SparsityDiff:
         values beyond the ends go to the end edges; the edges are ``10**(k/8)`` within 0.4%, e.g. the one
         shown as 1e-05 is 1.0013579e-05) and the result is exact for that edge, compared in the diff's compute
         dtype (float32, float64 for float64 checkpoints; the relative ratio ``|delta| / |base|`` is one
-        rounded division, so an entry within a rounding error of ``rtol * |base|`` may fall on either side). :func:`snap_tolerance` shows the
-        edge. Returns ``{name: sparsity, ..., "overall": sparsity}``.
+        rounded division, so an entry within a rounding error of ``rtol * |base|`` may fall on either side).
+        :func:`snap_tolerance` shows the edge. Returns ``{name: sparsity, ..., "overall": sparsity}``.
 
         >>> import torch
         >>> d = diff_checkpoints({"w": torch.zeros(4)}, {"w": torch.tensor([0., 1e-6, 1e-4, 1e-2])})
@@ -739,7 +739,8 @@ class SparsityDiff:
 
     def detail(self, name: str) -> dict:
         """Drill-down data of one tensor: its row, per-row/column changed counts and the fraction of
-        unchanged entries per row/column at the diff's ``atol`` (None for non-2-D tensors) and the singular values of its update (None when not computed).
+        unchanged entries per row/column at the diff's ``atol`` (None for non-2-D tensors) and the singular
+        values of its update (None when not computed).
 
         >>> import torch
         >>> d = diff_checkpoints({"w": torch.zeros(2, 3)}, {"w": torch.tensor([[0., 1., 1.], [0., 0., 0.]])})
@@ -810,8 +811,9 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     (float32, matrix_rank's default tolerance, recorded as ``rank_tol``) and the effective rank
     ``exp(entropy of s / sum(s))``; larger ones get None.
 
-    Tensors are streamed in chunks of :data:`CHUNK_ELEMENTS` entries, safetensors read with plain file reads of each tensor's byte range (no memory map), so memory
-    stays near one chunk per checkpoint plus the largest delta that gets an SVD. Every tensor also caches
+    Tensors are streamed in chunks of about :data:`CHUNK_ELEMENTS` entries (whole rows for 2-D tensors),
+    safetensors read with plain file reads of each tensor's byte range (no memory map), so memory stays
+    near one chunk per checkpoint plus the largest delta that gets an SVD. Every tensor also caches
     the statistics that :meth:`SparsityDiff.sparsity_at` and :meth:`SparsityDiff.grid` re-threshold
     from. ``progress``: a tqdm bar (default: only above 2**27 entries).
     """
