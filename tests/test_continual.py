@@ -327,3 +327,17 @@ def test_cli_lists_runs_and_prints_tables(tmp_path, monkeypatch):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["continual", "run", "nope", "--out", out]) == 2
     assert "unknown grid" in err.getvalue()
+
+
+def test_live_view_draws_one_curve_per_domain():
+    from workbench.widgets import LiveTraining
+
+    live = LiveTraining(min_interval=0.0)
+    base = len(live.figure.data)
+    for s, (a, b) in enumerate([(3.0, 4.0), (2.5, 3.5)]):
+        live.update({"step": s, "loss": 3.0, "lr": 1e-3, "val_loss": b, "val_losses": {"A": a, "B": b}})
+    names = [t.name for t in live.figure.data[base:]]
+    assert names == ["val A", "val B"]
+    assert list(live.figure.data[base].y) == [3.0, 2.5] and list(live.figure.data[base + 1].x) == [0, 1]
+    steps, vals = live.series("val_losses:A")
+    assert steps.tolist() == [0, 1] and vals.tolist() == [3.0, 2.5]

@@ -2,7 +2,9 @@
 
 A thin view over the trainer's events (:mod:`workbench.train`): every event is kept, the
 figure is redrawn at most every ``min_interval`` seconds (throttled), and training runs in a
-background thread so the buttons work and the notebook stays usable while it trains.
+background thread so the buttons work and the notebook stays usable while it trains. Events
+with per-domain validation losses (``val_losses: {domain: loss}``, a run with several
+validation sets such as a continual run) get one "val <domain>" curve per domain in the loss panel.
 
 Example:
     >>> from workbench.train import TrainConfig
@@ -56,6 +58,7 @@ class LiveTraining(W.VBox):
         self._lock = threading.Lock()
         self._last_draw = float("-inf")  # the first event draws at once
         self._dirty = False
+        self._domain_traces: dict = {}    # domain -> trace index, added as domains appear
 
         titles = ("loss", "learning rate", "grad norm", "tokens / s")
         fig = make_subplots(rows=2, cols=2, subplot_titles=titles, vertical_spacing=0.16, horizontal_spacing=0.1)
@@ -100,6 +103,16 @@ class LiveTraining(W.VBox):
                 if stride > 1 and key != "val_loss":
                     xs, ys = xs[::stride] + xs[-1:], ys[::stride] + ys[-1:]
                 trace.x, trace.y = xs, ys
+            domains = list(dict.fromkeys(d for e in events for d in (e.get("val_losses") or {})))
+            for d in domains:
+                if d not in self._domain_traces:
+                    self.figure.add_trace(go.Scatter(x=[], y=[], name=f"val {d}", mode="markers+lines"),
+                                          row=1, col=1)
+                    self._domain_traces[d] = len(self.figure.data) - 1
+                pts = [(e["step"], e["val_losses"][d]) for e in events
+                       if (e.get("val_losses") or {}).get(d) is not None]
+                trace = self.figure.data[self._domain_traces[d]]
+                trace.x, trace.y = [p[0] for p in pts], [p[1] for p in pts]
         if events:
             e = events[-1]
             val = [x["val_loss"] for x in events if x.get("val_loss") is not None]
@@ -193,9 +206,15 @@ class LiveTraining(W.VBox):
         return self.summary
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of one event key, as recorded (e.g. ``live.series("val_loss")``)."""
+        """``(steps, values)`` of one event key, as recorded (e.g. ``live.series("val_loss")``);
+        ``"val_losses:<domain>"`` gives one domain's validation loss."""
         with self._lock:
-            pts = [(e["step"], e[key]) for e in self.events if e.get(key) is not None]
+            if key.startswith("val_losses:"):
+                d = key.split(":", 1)[1]
+                pts = [(e["step"], e["val_losses"][d]) for e in self.events
+                       if (e.get("val_losses") or {}).get(d) is not None]
+            else:
+                pts = [(e["step"], e[key]) for e in self.events if e.get(key) is not None]
         if not pts:
             return np.array([], dtype=np.int64), np.array([])
         s, v = zip(*pts)

@@ -813,10 +813,14 @@ def fit_continuation(log, config: ContinualConfig, domain: str | None = None, fi
     """Fit the annealing law to ``domain``'s loss from the shift into ``phase`` up to ``fit_until``,
     then predict the rest of the run.
 
-    The LRs are the whole run's (phase A included), so ``S1`` counts every update and ``S2``
-    turns negative during the re-warm (2408.11029). ``domain`` defaults to the phase's domain,
-    ``fit_until`` to the middle of the phase. Returns ``{"law", "fit_steps", "fit_losses",
-    "test_steps", "test_losses", "pred", "pred_err", "worst_err", "S2_min"}``.
+    The LRs are the whole run's (phase A included), so ``S1`` counts every update, and during
+    the re-warm the annealing momentum ``m_i = lam*m_{i-1} + (eta_{i-1} - eta_i)`` turns negative
+    (the rise outweighs the remembered drops of phase A), so ``S2 = sum m_i`` falls: the law's
+    term ``-C*S2`` raises the predicted loss (2408.11029). ``domain`` defaults to the phase's
+    domain, ``fit_until`` to the middle of the phase. Returns ``{"law", "params", "fit_steps",
+    "fit_losses", "fit_pred", "test_steps", "test_losses", "pred", "pred_err", "worst_err",
+    "m_min", "S2_drop"}``: ``m_min`` the lowest momentum in the phase (< 0 after a re-warm),
+    ``S2_drop`` the total fall of ``S2`` in the phase (the sum of the negative ``m``).
     """
     from .curves import LossCurve
     from .laws import areas, fit
@@ -842,11 +846,13 @@ def fit_continuation(log, config: ContinualConfig, domain: str | None = None, fi
     pred = pred_all[n_fit:]
     test = vals[sel_test]
     _, s2 = areas(lrs, lam=lam, warmup_steps=warm)
+    m = np.diff(s2, prepend=0.0)
     err = np.abs(pred - test) / test if test.size else np.array([])
     return {"law": law, "params": dict(law.params), "fit_steps": steps[sel_fit], "fit_losses": vals[sel_fit],
             "fit_pred": pred_all[:n_fit], "test_steps": steps[sel_test], "test_losses": test, "pred": pred,
             "pred_err": float(err.mean()) if err.size else None, "worst_err": float(err.max()) if err.size else None,
-            "S2_min": float(np.min(s2[start:end + 1]))}
+            "m_min": float(np.min(m[start:end + 1])),
+            "S2_drop": float(np.minimum(m[start:end + 1], 0.0).sum())}
 
 
 # ---------------------------------------------------------------------------------------- grids
@@ -865,17 +871,24 @@ class GridRun:
     labels: dict = field(default_factory=dict)
 
 
-def _sizes(quick: bool) -> dict:
+def _sizes(quick: bool, steps: int | None = None) -> dict:
     if quick:
-        return dict(steps=10, settings=dict(batch_size=4, seq_len=32, max_tokens=20_000, eval_interval=5,
-                                            eval_batches=1))
-    return dict(steps=200, settings=dict(batch_size=8, seq_len=64, max_tokens=200_000, eval_interval=10,
-                                         eval_batches=4))
+        out = dict(steps=10, settings=dict(batch_size=4, seq_len=32, max_tokens=20_000, eval_interval=5,
+                                           eval_batches=1))
+    else:
+        out = dict(steps=200, settings=dict(batch_size=8, seq_len=64, max_tokens=200_000, eval_interval=10,
+                                            eval_batches=4))
+    if steps is not None:
+        iv = out["settings"]["eval_interval"]
+        _check(_int_ok(steps, iv) and steps % iv == 0,
+               f"steps per phase must be a multiple of eval_interval={iv}, got {steps!r}")
+        out["steps"] = int(steps)
+    return out
 
 
-def _two_domain(schedules: Sequence[str], replays: Sequence[float], quick: bool, a="stdlib", b="docs",
+def _two_domain(schedules: Sequence[str], replays: Sequence[float], quick: bool, steps=None, a="stdlib", b="docs",
                 extra: dict | None = None) -> list[GridRun]:
-    z = _sizes(quick)
+    z = _sizes(quick, steps)
     n, st = z["steps"], dict(z["settings"], **(extra or {}))
     runs = []
     for sched in schedules:
@@ -891,16 +904,16 @@ def _two_domain(schedules: Sequence[str], replays: Sequence[float], quick: bool,
     return runs
 
 
-def _grid_replay(quick: bool) -> list[GridRun]:
-    return _two_domain(["rewarm"], [0.0, 0.05, 0.25], quick)
+def _grid_replay(quick: bool, steps: int | None = None) -> list[GridRun]:
+    return _two_domain(["rewarm"], [0.0, 0.05, 0.25], quick, steps)
 
 
-def _grid_schedules(quick: bool) -> list[GridRun]:
-    return _two_domain(list(SCHEDULES), [0.0, 0.1], quick)
+def _grid_schedules(quick: bool, steps: int | None = None) -> list[GridRun]:
+    return _two_domain(list(SCHEDULES), [0.0, 0.1], quick, steps)
 
 
-def _grid_three(quick: bool) -> list[GridRun]:
-    z = _sizes(quick)
+def _grid_three(quick: bool, steps: int | None = None) -> list[GridRun]:
+    z = _sizes(quick, steps)
     n, st = z["steps"], dict(z["settings"])
     n = max(st["eval_interval"], (2 * n // 3) // st["eval_interval"] * st["eval_interval"])
     runs = []
@@ -915,8 +928,8 @@ def _grid_three(quick: bool) -> list[GridRun]:
     return runs
 
 
-def _grid_stability(quick: bool) -> list[GridRun]:
-    z = _sizes(quick)
+def _grid_stability(quick: bool, steps: int | None = None) -> list[GridRun]:
+    z = _sizes(quick, steps)
     n, st = z["steps"], dict(z["settings"])
     sub = 4_000 if quick else 20_000
     runs = [GridRun("rewarm-full", ContinualConfig([Phase("stdlib", n), Phase("docs", n)], **st), "rewarm", 0.0,
@@ -929,7 +942,7 @@ def _grid_stability(quick: bool) -> list[GridRun]:
     return runs
 
 
-#: named comparison grids: name -> function(quick) -> [GridRun]
+#: named comparison grids: name -> function(quick, steps=None) -> [GridRun] (steps: per phase)
 GRIDS: dict[str, Callable[[bool], list]] = {
     "replay": _grid_replay,          # re-warm + re-decay, replay 0/5/25% vs re-training and B from scratch
     "schedules": _grid_schedules,    # rewarm / wsd / infinite / constant x replay 0/10%
@@ -938,8 +951,9 @@ GRIDS: dict[str, Callable[[bool], list]] = {
 }
 
 
-def grid_runs(name: str, quick: bool = False) -> list[GridRun]:
-    """The cells of a named grid (:data:`GRIDS`).
+def grid_runs(name: str, quick: bool = False, steps: int | None = None) -> list[GridRun]:
+    """The cells of a named grid (:data:`GRIDS`); ``steps`` overrides the steps per phase
+    (200, or 10 with ``quick``; the three-phase grid uses two thirds of it per phase).
 
     Example:
         >>> [r.name for r in grid_runs("replay", quick=True)]
@@ -947,14 +961,14 @@ def grid_runs(name: str, quick: bool = False) -> list[GridRun]:
     """
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; grids are {sorted(GRIDS)}")
-    return GRIDS[name](quick)
+    return GRIDS[name](quick) if steps is None else GRIDS[name](quick, steps)
 
 
 GRID_FILE = "grid.json"
 
 
 def run_grid(name: str, out_dir: str | os.PathLike, seeds: Sequence[int] = (0,), quick: bool = False, *,
-             runs: list | None = None, callbacks: Iterable[Callable[[dict], Any]] = (),
+             steps: int | None = None, runs: list | None = None, callbacks: Iterable[Callable[[dict], Any]] = (),
              stop_event: threading.Event | None = None, progress: bool = True,
              train_blocks: dict | None = None, val_blocks: dict | None = None):
     """Run every cell of a grid for every seed into ``out_dir/<run>/seed<k>/``; returns :func:`metric_table`.
@@ -967,20 +981,20 @@ def run_grid(name: str, out_dir: str | os.PathLike, seeds: Sequence[int] = (0,),
     from tqdm.auto import tqdm
 
     out_dir = os.fspath(out_dir)
-    cells = list(runs) if runs is not None else grid_runs(name, quick)
+    cells = list(runs) if runs is not None else grid_runs(name, quick, steps)
     seeds = [int(s) for s in seeds]
     _check(len(seeds) >= 1 and all(s >= 0 for s in seeds), f"seeds must be integers >= 0, got {seeds}")
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, GRID_FILE)
-    meta = {"grid": name, "quick": bool(quick), "runs": [
+    meta = {"grid": name, "quick": bool(quick), "steps": steps, "runs": [
         {"name": c.name, "schedule": c.schedule, "replay": c.replay, "kind": c.kind, "labels": c.labels,
          "shift_steps": c.config.shift_steps, "domains": c.config.domains,
          "phase_domains": [p.domain for p in c.config.phases]} for c in cells]}
     if os.path.exists(meta_path):
         old = read_json(meta_path)
-        if old.get("grid") != name or bool(old.get("quick")) != bool(quick):
-            raise ValueError(f"{out_dir!r} holds the grid {old.get('grid')!r} (quick={old.get('quick')}); "
-                             "use another --out directory")
+        if old.get("grid") != name or bool(old.get("quick")) != bool(quick) or old.get("steps") != steps:
+            raise ValueError(f"{out_dir!r} holds the grid {old.get('grid')!r} (quick={old.get('quick')}, "
+                             f"steps={old.get('steps')}); use another --out directory")
         meta["seeds"] = sorted(set(old.get("seeds", [])) | set(seeds))
     else:
         meta["seeds"] = seeds
