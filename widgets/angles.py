@@ -207,7 +207,7 @@ class AngleSelector(W.VBox):
         """
         self.sampler = GainSampler(self.scores, int(self.subset_size.value), mu=float(self.mu.value),
                                    sigma=float(self.sigma.value), seed=int(self.seed.value))
-        self.selected = np.sort(np.fromiter(self.sampler, dtype=np.int64, count=len(self.sampler)))
+        self.selected = self.sampler.subset()
         sel = self.selected
         y = self._y()
         with self.figure.batch_update():

@@ -86,21 +86,21 @@ class ScheduleTab:
         self.predictor = ws.law().predictor(max_points=MAX_POINTS) if predict else None
         self.lr_opts, self.min_opts = lr_options(), lr_options(-7, -1, zero=True)
         c = self.controls = {
-            "family": pn.widgets.Select(name="family", options=list(FAMILIES), value="cosine"),
-            "peak_lr": pn.widgets.DiscreteSlider(name="peak LR", options=self.lr_opts,
+            "family": pn.widgets.Select(label="family", options=list(FAMILIES), value="cosine"),
+            "peak_lr": pn.widgets.DiscreteSlider(label="peak LR", options=self.lr_opts,
                                                  value=_nearest(self.lr_opts, 3e-3)),
-            "min_lr": pn.widgets.DiscreteSlider(name="min LR", options=self.min_opts,
+            "min_lr": pn.widgets.DiscreteSlider(label="min LR", options=self.min_opts,
                                                 value=_nearest(self.min_opts, 3e-4)),
-            "total_steps": pn.widgets.IntInput(name="total steps", value=10_000, start=1, step=100),
-            "warmup_steps": pn.widgets.IntInput(name="warmup steps", value=500, start=0, step=50),
-            "decay_fraction": pn.widgets.FloatSlider(name="decay fraction (WSD)", start=0.02, end=0.9,
+            "total_steps": pn.widgets.IntInput(label="total steps", value=10_000, start=1, step=100),
+            "warmup_steps": pn.widgets.IntInput(label="warmup steps", value=500, start=0, step=50),
+            "decay_fraction": pn.widgets.FloatSlider(label="decay fraction (WSD)", start=0.02, end=0.9,
                                                      step=0.01, value=0.2),
-            "decay": pn.widgets.Select(name="decay shape (WSD)", options=list(schedules.DECAY_SHAPES),
+            "decay": pn.widgets.Select(label="decay shape (WSD)", options=list(schedules.DECAY_SHAPES),
                                        value="linear"),
         }
-        self.compare = pn.widgets.MultiChoice(name="compare with saved", options=ws.schedule_names())
-        self.name = pn.widgets.TextInput(name="save as", placeholder="e.g. wsd-20pct")
-        self.save_button = pn.widgets.Button(name="Save schedule", button_type="primary")
+        self.compare = pn.widgets.MultiChoice(label="compare with saved", options=ws.schedule_names())
+        self.name = pn.widgets.TextInput(label="save as", placeholder="e.g. wsd-20pct")
+        self.save_button = pn.widgets.Button(label="Save schedule", color="primary")
         self.status = pn.pane.HTML("", sizing_mode="stretch_width")
         self.plot = pn.pane.Plotly({"data": [], "layout": {}}, sizing_mode="stretch_width", height=580,
                                    config={"displaylogo": False})
@@ -182,17 +182,17 @@ class TrainingTab:
 
     def __init__(self, ws: Workspace, designer: ScheduleTab | None = None):
         self.ws, self.designer = ws, designer
-        self.run_name = pn.widgets.TextInput(name="run name", placeholder="default: run-<time>")
-        self.data = pn.widgets.Select(name="data", options=["stdlib", "docs"], value="stdlib")
-        self.sched = pn.widgets.Select(name="schedule", options=self._schedule_options())
-        self.steps = pn.widgets.IntInput(name="steps", value=200, start=1, step=50)
-        self.batch = pn.widgets.IntInput(name="batch size", value=8, start=1)
-        self.seq_len = pn.widgets.IntInput(name="sequence length", value=64, start=8, step=8)
-        self.eval_interval = pn.widgets.IntInput(name="evaluate every", value=10, start=1)
-        self.start_button = pn.widgets.Button(name="Start training", button_type="primary")
-        self.stop_button = pn.widgets.Button(name="Stop", button_type="warning")
-        self.resume_button = pn.widgets.Button(name="Resume", button_type="default")
-        self.runs = pn.widgets.Select(name="show run", options=ws.names("runs"))
+        self.run_name = pn.widgets.TextInput(label="run name", placeholder="default: run-<time>")
+        self.data = pn.widgets.Select(label="data", options=["stdlib", "docs"], value="stdlib")
+        self.sched = pn.widgets.Select(label="schedule", options=self._schedule_options())
+        self.steps = pn.widgets.IntInput(label="steps", value=200, start=1, step=50)
+        self.batch = pn.widgets.IntInput(label="batch size", value=8, start=1)
+        self.seq_len = pn.widgets.IntInput(label="sequence length", value=64, start=8, step=8)
+        self.eval_interval = pn.widgets.IntInput(label="evaluate every", value=10, start=1)
+        self.start_button = pn.widgets.Button(label="Start training", color="primary")
+        self.stop_button = pn.widgets.Button(label="Stop", color="warning")
+        self.resume_button = pn.widgets.Button(label="Resume", color="default")
+        self.runs = pn.widgets.Select(label="show run", options=ws.names("runs"))
         self.status = pn.pane.HTML("", sizing_mode="stretch_width")
         self.plot = pn.pane.Plotly(self._empty(), sizing_mode="stretch_width", height=460,
                                    config={"displaylogo": False})

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -169,6 +170,17 @@ class GainSampler(Sampler[int]):
             keys = self.log_weights() - torch.log(-torch.log(u))
             idx = torch.topk(keys, self.subset_size).indices
         return iter(idx.tolist())
+
+    def subset(self) -> np.ndarray:
+        """This epoch's draw as sorted item indices (``int64``): the subset a view highlights.
+
+        Example::
+
+            >>> s = GainSampler([0.9, 0.1, 0.5, 0.7], subset_size=2, sigma=1e-3)
+            >>> s.subset().tolist()                 # mu = 0: the two most concentrated items
+            [0, 3]
+        """
+        return np.sort(np.fromiter(iter(self), dtype=np.int64, count=self.subset_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Draw as in ``epoch`` (``update`` advances the epoch by itself)."""

@@ -1,0 +1,322 @@
+"""The dashboard's data-selection and sparsity tabs (panel views; see :mod:`workbench.widgets.dashboard`).
+
+* :class:`AnglesTab`: score the prompts of the generated arithmetic task by angle concentration
+  (:func:`workbench.data.tasks.prompt_angles`, with the bundled pretrained model), see score
+  against loss and the score histogram, move the GAIN sampler's centre/width/size and see the
+  chosen subset (:meth:`workbench.data.GainSampler.subset`) highlighted, click a point to read the
+  sample, export the indices to the workspace (``selections/NAME.json``).
+* :class:`SparsityTab`: diff two checkpoints (:func:`workbench.sparsity.diff_checkpoints`; the
+  bundled pretrained model and the runs of the workspace are offered), keep the diff in
+  ``diffs/NAME.json``, and look at it: heatmap of sparsity (layers x matrix types) at any absolute
+  or relative tolerance from the cached statistics (:meth:`SparsityDiff.grid`), drill-down on a
+  cell (row/column sparsity, singular values: :meth:`SparsityDiff.detail`).
+
+Example:
+    >>> import tempfile
+    >>> from workbench.workspace import Workspace
+    >>> tab = SparsityTab(Workspace(tempfile.mkdtemp()))
+    >>> tab.diffs.options
+    []
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import panel as pn
+
+from workbench.workspace import Workspace
+
+__all__ = ["AnglesTab", "SparsityTab"]
+
+
+def _message(text: str, kind: str = "info") -> str:
+    color = {"info": "#555", "ok": "#1a7f37", "error": "#b42318"}[kind]
+    return f'<span style="color:{color}">{text}</span>'
+
+
+def _layout(fig_height: int, **kw) -> dict:
+    return dict(template="plotly_white", height=fig_height, margin=dict(l=60, r=20, t=40, b=40), **kw)
+
+
+# ====================================================================== data selection
+class AnglesTab:
+    """Angle concentration of generated task prompts and the GAIN sampler's subset, live."""
+
+    def __init__(self, ws: Workspace, n: int = 256):
+        self.ws = ws
+        self.n_examples = pn.widgets.IntInput(label="prompts to score", value=n, start=8, end=20_000, step=64)
+        self.task_seed = pn.widgets.IntInput(label="task seed", value=0, start=0)
+        self.score_button = pn.widgets.Button(label="Score prompts", color="primary")
+        self.mu = pn.widgets.IntSlider(label="centre mu (rank; 0 = most concentrated)", start=0, end=max(1, n - 1),
+                                       value=0)
+        self.sigma = pn.widgets.DiscreteSlider(
+            label="width sigma (ranks)", options={f"{v:g}": float(v) for v in (0.5, 1, 2, 5, 10, 20, 50, 100, 200,
+                                                                                 500, 1000, 2000, 5000)}, value=50.0)
+        self.subset_size = pn.widgets.IntSlider(label="subset size", start=1, end=n, value=max(1, n // 10))
+        self.seed = pn.widgets.IntInput(label="draw seed", value=0, start=0)
+        self.y_axis = pn.widgets.RadioButtonGroup(label="y", options=["loss", "rank"], value="loss")
+        self.name = pn.widgets.TextInput(label="export as", placeholder="e.g. top-concentrated")
+        self.export_button = pn.widgets.Button(label="Export indices")
+        self.status = pn.pane.HTML(_message("press <b>Score prompts</b>: the bundled pretrained model scores "
+                                            "the prompts (a few seconds)"), sizing_mode="stretch_width")
+        self.sample = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.scatter = pn.pane.Plotly({"data": [], "layout": _layout(420)}, sizing_mode="stretch_width",
+                                      height=430, config={"displaylogo": False})
+        self.hist = pn.pane.Plotly({"data": [], "layout": _layout(260)}, sizing_mode="stretch_width", height=270,
+                                   config={"displaylogo": False})
+        self.scores = self.losses = self.rank = self.examples = None
+        self.selected = np.zeros(0, dtype=np.int64)
+        self.score_button.on_click(lambda _e: self.score())
+        self.export_button.on_click(lambda _e: self.export())
+        for w in (self.mu, self.sigma, self.subset_size, self.seed, self.y_axis):
+            w.param.watch(lambda _e: self.draw(), "value")
+        self.scatter.param.watch(self._clicked, "click_data")
+        self.layout = pn.Row(
+            pn.Column(self.n_examples, self.task_seed, self.score_button, pn.layout.Divider(), self.mu, self.sigma,
+                      self.subset_size, self.seed, self.y_axis, pn.layout.Divider(), self.name, self.export_button,
+                      self.status, width=340),
+            pn.Column(self.scatter, pn.Row(self.hist, self.sample, sizing_mode="stretch_width"),
+                      sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")
+
+    def score(self) -> None:
+        """Generate the task's prompts and score them (angle concentration and answer loss)."""
+        from workbench import assets
+        from workbench.data.tasks import arithmetic_examples, per_example_losses, prompt_angles
+        from workbench.models import build_model
+
+        n = int(self.n_examples.value)
+        self.status.object = _message(f"scoring {n} prompts ...")
+        model = build_model(assets.pretrained_dir())
+        self.examples = arithmetic_examples(n, seed=int(self.task_seed.value))
+        self.scores = prompt_angles(model, self.examples)["score"].double().numpy()
+        self.losses = per_example_losses(model, self.examples).double().numpy()
+        from workbench.data import GainSampler
+
+        self.rank = GainSampler(self.scores, 1).rank.numpy()
+        self.mu.end = max(1, n - 1)
+        self.subset_size.end = n
+        self.mu.value = min(self.mu.value, n - 1)
+        self.subset_size.value = min(self.subset_size.value, n)
+        self.status.object = _message(f"scored {n} prompts with the bundled pretrained model", "ok")
+        self.draw()
+
+    def draw(self) -> None:
+        """Draw the subset from the controls (epoch 0 of a GainSampler) and redraw both plots."""
+        from workbench.data import GainSampler
+
+        if self.scores is None:
+            return
+        sampler = GainSampler(self.scores, int(self.subset_size.value), mu=float(self.mu.value),
+                              sigma=float(self.sigma.value), seed=int(self.seed.value))
+        sel = self.selected = sampler.subset()
+        y = self.losses if self.y_axis.value == "loss" else self.rank.astype(float)
+        ids = np.arange(self.scores.size)
+        self.scatter.object = {
+            "data": [dict(type="scattergl" if self.scores.size > 5000 else "scatter", x=self.scores, y=y,
+                          customdata=ids, mode="markers", name="all prompts",
+                          marker=dict(color="#9aa5b1", size=6)),
+                     dict(type="scatter", x=self.scores[sel], y=y[sel], customdata=sel, mode="markers",
+                          name=f"chosen ({sel.size})", marker=dict(color="#ef553b", size=9, symbol="diamond"))],
+            "layout": _layout(420, xaxis_title="angle concentration (intra + 8 x inter)",
+                              yaxis_title="answer loss" if self.y_axis.value == "loss" else "rank",
+                              uirevision="angles", legend=dict(orientation="h", y=1.08))}
+        bins = dict(start=float(self.scores.min()), end=float(self.scores.max()) + 1e-12,
+                    size=float(np.ptp(self.scores)) / 30 or 1.0)
+        self.hist.object = {
+            "data": [dict(type="histogram", x=self.scores, xbins=bins, name="all", marker=dict(color="#9aa5b1")),
+                     dict(type="histogram", x=self.scores[sel], xbins=bins, name="chosen",
+                          marker=dict(color="#ef553b"))],
+            "layout": _layout(260, barmode="overlay", xaxis_title="score", uirevision="angles-hist",
+                              showlegend=False)}
+        r = self.rank[sel]
+        self.status.object = _message(f"<b>{sel.size}</b> of {self.scores.size} chosen, ranks {int(r.min())} to "
+                                      f"{int(r.max())}")
+
+    def show(self, index: int) -> None:
+        """Show one sample's text, score, rank and loss."""
+        i = int(index)
+        e = self.examples[i]
+        chosen = "chosen" if i in set(self.selected.tolist()) else "not chosen"
+        self.sample.object = (f"<b>#{i}</b> score {self.scores[i]:.4f} &middot; rank {int(self.rank[i])} &middot; "
+                              f"loss {self.losses[i]:.3f} &middot; {chosen}<pre>"
+                              f"{html.escape(e['text'])}</pre>")
+
+    def _clicked(self, event) -> None:
+        pts = (event.new or {}).get("points") or []
+        if pts and pts[0].get("customdata") is not None:
+            self.show(int(pts[0]["customdata"]))
+
+    def export(self, name: str | None = None) -> Path | None:
+        """Write the chosen indices and the sampler settings to ``selections/NAME.json``."""
+        if self.scores is None:
+            self.status.object = _message("score the prompts first", "error")
+            return None
+        try:
+            name = self.ws.unique_name("selections", (name or self.name.value or "").strip() or "selection")
+            path = self.ws.save_json("selections", name, {
+                "indices": [int(i) for i in self.selected], "mu": float(self.mu.value),
+                "sigma": float(self.sigma.value), "subset_size": int(self.subset_size.value),
+                "seed": int(self.seed.value), "task": {"name": "arithmetic", "n": int(self.scores.size),
+                                                       "seed": int(self.task_seed.value)}})
+        except ValueError as exc:
+            self.status.object = _message(str(exc), "error")
+            return None
+        self.status.object = _message(f"wrote {path}", "ok")
+        return path
+
+
+# ====================================================================== sparsity
+class SparsityTab:
+    """Diff two checkpoints and inspect the update's sparsity at any tolerance."""
+
+    PRETRAINED = "bundled pretrained model"
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.base = pn.widgets.Select(label="base checkpoint", options=self._sources())
+        self.tuned = pn.widgets.Select(label="tuned checkpoint", options=self._sources())
+        self.base_path = pn.widgets.TextInput(label="... or base path", placeholder="model dir / .safetensors")
+        self.tuned_path = pn.widgets.TextInput(label="... or tuned path", placeholder="model dir / .safetensors")
+        self.atol = pn.widgets.DiscreteSlider(label="diff atol", options=_tol_options(), value=1e-5)
+        self.name = pn.widgets.TextInput(label="save diff as", placeholder="e.g. sft-vs-base")
+        self.diff_button = pn.widgets.Button(label="Diff checkpoints", color="primary")
+        self.diffs = pn.widgets.Select(label="show diff", options=ws.names("diffs"))
+        self.mode = pn.widgets.RadioButtonGroup(label="tolerance", options=["atol", "rtol"], value="atol")
+        self.tolerance = pn.widgets.DiscreteSlider(label="changed if |delta| >", options=_tol_options(),
+                                                   value=1e-5)
+        self.cell = pn.widgets.Select(label="drill down", options=[])
+        self.status = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.heatmap = pn.pane.Plotly({"data": [], "layout": _layout(420)}, sizing_mode="stretch_width", height=430,
+                                      config={"displaylogo": False})
+        self.detail = pn.pane.Plotly({"data": [], "layout": _layout(320)}, sizing_mode="stretch_width", height=330,
+                                     config={"displaylogo": False})
+        self.diff = None
+        self.diff_button.on_click(lambda _e: self.compute())
+        self.diffs.param.watch(lambda _e: self.load(), "value")
+        self.mode.param.watch(lambda _e: self.redraw(), "value")
+        self.tolerance.param.watch(lambda _e: self.redraw(), "value")
+        self.cell.param.watch(lambda e: e.new and self.select(e.new), "value")
+        self.heatmap.param.watch(self._clicked, "click_data")
+        self.layout = pn.Row(
+            pn.Column(self.base, self.base_path, self.tuned, self.tuned_path, self.atol, self.name,
+                      self.diff_button, pn.layout.Divider(), self.diffs, self.mode, self.tolerance, self.cell,
+                      self.status, width=340),
+            pn.Column(self.heatmap, self.detail, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        if self.diffs.options:
+            self.load()
+
+    def _sources(self) -> list[str]:
+        runs = [f"run: {n}" for n in self.ws.names("runs") if (self.ws.run_dir(n) / "model.safetensors").exists()]
+        return [self.PRETRAINED] + runs
+
+    def _resolve(self, choice: str, typed: str) -> str:
+        if typed.strip():
+            return os.path.expanduser(typed.strip())
+        if choice == self.PRETRAINED:
+            from workbench import assets
+
+            return str(assets.pretrained_dir())
+        return str(self.ws.run_dir(choice.removeprefix("run: ")) / "model.safetensors")
+
+    def refresh(self) -> None:
+        """Pick up new runs and diffs written by other sessions (the server calls this periodically)."""
+        src = self._sources()
+        for w in (self.base, self.tuned):
+            if list(w.options) != src:
+                w.options = src
+        names = self.ws.names("diffs")
+        if list(self.diffs.options) != names:
+            self.diffs.options = names
+
+    def compute(self, base: str | None = None, tuned: str | None = None, name: str | None = None):
+        """Diff ``base`` and ``tuned`` (paths; default: the form), save it, and show it."""
+        from workbench.sparsity import diff_checkpoints
+
+        base = base or self._resolve(self.base.value, self.base_path.value)
+        tuned = tuned or self._resolve(self.tuned.value, self.tuned_path.value)
+        try:
+            name = self.ws.unique_name("diffs", (name or self.name.value or "").strip() or "diff")
+            self.status.object = _message(f"diffing {base} and {tuned} ...")
+            d = diff_checkpoints(base, tuned, atol=float(self.atol.value))
+        except (ValueError, FileNotFoundError) as exc:
+            self.status.object = _message(str(exc), "error")
+            return None
+        d.to_json(self.ws.path("diffs", name))
+        self.diffs.options = self.ws.names("diffs")
+        self.diffs.value = name       # loads and draws it
+        return d
+
+    def load(self) -> None:
+        from workbench.sparsity import SparsityDiff
+
+        if not self.diffs.value:
+            return
+        try:
+            self.diff = SparsityDiff.load(self.ws.path("diffs", self.diffs.value))
+        except (ValueError, OSError) as exc:
+            self.status.object = _message(str(exc), "error")
+            return
+        self.cell.options = [t["name"] for t in self.diff.tensors]
+        self.redraw()
+
+    def redraw(self) -> None:
+        if self.diff is None:
+            return
+        kw = {self.mode.value: float(self.tolerance.value)}
+        try:
+            frame = self.diff.grid(**kw)
+            overall = self.diff.sparsity_at(**kw)["overall"]
+        except ValueError as exc:   # e.g. a diff saved without cached statistics
+            self.status.object = _message(str(exc), "error")
+            return
+        z = [[None if math.isnan(v) else float(v) for v in row] for row in frame.to_numpy(dtype=float)]
+        self.heatmap.object = {
+            "data": [dict(type="heatmap", z=z, x=list(frame.columns), y=[str(i) for i in frame.index],
+                          zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="sparsity"),
+                          hovertemplate="layer %{y}, %{x}: sparsity %{z:.4f}<extra></extra>")],
+            "layout": _layout(420, title=f"update sparsity, changed if |delta| > {self.tolerance.value:.0e}"
+                              + (" x |base|" if self.mode.value == "rtol" else ""),
+                              yaxis=dict(title="layer", autorange="reversed", type="category"),
+                              uirevision="sparsity")}
+        dtypes = sorted({t["dtype"] for t in self.diff.tensors})
+        self.status.object = _message(f"overall sparsity <b>{overall:.4f}</b> at {self.mode.value}="
+                                      f"{self.tolerance.value:.0e} ({self.diff.overall['numel']:,} entries, "
+                                      f"dtype {', '.join(dtypes)})")
+
+    def select(self, name: str) -> None:
+        """Drill down into one tensor: row/column sparsity and the singular values of its update."""
+        d = self.diff.detail(name)
+        data = []
+        if d["row_sparsity"] is not None:
+            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity"),
+                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines", name="column sparsity")]
+        if d["svals"] is not None:
+            data.append(dict(type="scatter", y=np.asarray(d["svals"]).tolist(), mode="lines", name="singular values",
+                             xaxis="x2", yaxis="y2"))
+        r = d["row"]
+        self.detail.object = {"data": data, "layout": _layout(
+            320, title=f"{name}: sparsity {r['sparsity']:.4f}, rank {r.get('rank')} of {r.get('rank_max')}",
+            xaxis=dict(domain=[0, 0.45], title="row / column"), yaxis=dict(title="sparsity", range=[0, 1.02]),
+            xaxis2=dict(domain=[0.55, 1], title="index"), yaxis2=dict(anchor="x2", type="log",
+                                                                     title="singular value"))}
+        if self.cell.value != name:
+            self.cell.value = name
+
+    def _clicked(self, event) -> None:
+        pts = (event.new or {}).get("points") or []
+        if not pts or self.diff is None:
+            return
+        layer, col = pts[0].get("y"), pts[0].get("x")
+        key = (int(layer) if layer not in (None, "other") else "other", col)
+        names = self.diff.cells().get(key)
+        if names:
+            self.select(names[0])
+
+
+def _tol_options() -> dict:
+    return {f"{v:.0e}": float(v) for v in (10.0 ** k for k in range(-9, 0))}
