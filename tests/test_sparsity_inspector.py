@@ -154,8 +154,12 @@ def test_grid_edges_are_readable_on_the_slider(pair):
     assert labels[snap_tolerance(1e-5)] == "1e-05" and labels[snap_tolerance(1.3e-5)] == "1.3e-05"
     assert labels[TOLERANCE_GRID[0]] == "1e-10" and labels[snap_tolerance(0.1)] == "1e-01"
     assert snap_tolerance(2e-5) in labels and w.tolerance.options.index(("2e-05", 2e-5)) > 0
-    own = dict((v, lab) for lab, v in SparsityInspector(diff_checkpoints(base, ta)).tolerance.options)
-    assert own[1e-5] == "1e-05" and snap_tolerance(1e-5) not in own   # no twin of the diff's own atol
     truth = _brute_cells(base, ta, 2e-5)
     shown = _shown(w)
     assert all(shown[k] == pytest.approx(truth[k], abs=1e-12) for k in truth)
+    w1 = SparsityInspector(diff_checkpoints(base, ta))
+    own = dict((v, lab) for lab, v in w1.tolerance.options)
+    assert own[1e-5] == "1e-05" and snap_tolerance(1e-5) not in own   # no twin of the diff's own atol
+    assert w.set_tolerance(1.05e-4) == snap_tolerance(1e-4) and w.tolerance.label == "1e-04"
+    assert w1.set_tolerance(1e-3) == snap_tolerance(1e-3)
+    assert w1.set_tolerance(1.01e-5) == 1e-5                            # the twin edge gives the own atol

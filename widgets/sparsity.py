@@ -137,6 +137,16 @@ class SparsityInspector(W.VBox):
         self.select(name)
         return name
 
+    def set_tolerance(self, value: float) -> float:
+        """Move the slider to ``value`` if it is an option, else to the grid edge ``snap_tolerance`` picks
+        (the diff's own tolerance stands in for the grid edge next to it); returns the value set."""
+        values = [v for _, v in self.tolerance.options]
+        target = value if value in values else snap_tolerance(value)
+        if target not in values:  # the grid edge next to the diff's own tolerance is not offered
+            target = self.diff.atol if self.mode.value == "atol" else self.diff.rtol
+        self.tolerance.value = target
+        return target
+
     @property
     def frame(self):
         """The pandas table drawn in the heatmap (``diff.grid`` at the current tolerance)."""
