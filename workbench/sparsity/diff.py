@@ -379,8 +379,9 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
     if bits is not None:
         # bit patterns differ wherever the values do (bit-equal NaNs and +0/-0 pairs have delta NaN/0, which
         # count as unchanged either way); numpy's flatnonzero is several times faster than torch.nonzero
-        found = np.flatnonzero(np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy()))
-        if 4 * len(found) < n:
+        ne = np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy())
+        if 4 * np.count_nonzero(ne) < n:
+            found = np.flatnonzero(ne)
             idx = torch.from_numpy(found)
             bv, tv = bf[idx].to(compute), tf[idx].to(compute)
     if idx is None:
