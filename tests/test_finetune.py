@@ -159,3 +159,15 @@ def test_bad_input_names_the_fix(base):
         dpo(copy.deepcopy(base), base, batch, _encode(_examples(3, seed=6)), steps=1)
     with pytest.raises(ValueError, match="steps"):
         sft(copy.deepcopy(base), batch, steps=0, lr=1e-3)
+
+
+def test_grpo_reward_is_exact_match(base, one_thread):
+    """A model drilled on one example answers it (nearly) greedily: reward 1 for the true answer, 0 for another."""
+    ex = [{"template": "", "question": "7+5=", "prompt": "7+5=", "answer": "12", "text": "7+5=12\n"}]
+    drilled, hist = sft(copy.deepcopy(base), _encode(ex), steps=30, lr=3e-3)
+    assert hist["loss"][-1] < 0.01
+    kw = dict(steps=1, lr=1e-6, group_size=4, prompts_per_step=1, temperature=0.05, seed=0)
+    _, right = grpo(copy.deepcopy(drilled), ["7+5="], ["12"], **kw)
+    _, wrong = grpo(copy.deepcopy(drilled), ["7+5="], ["13\n"], **kw)
+    assert right["reward"] == [1.0] and wrong["reward"] == [0.0]
+    assert right["loss"] == [0.0]                  # equal rewards in the group: zero advantage, zero loss
