@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def law_cache(tmp_path_factory):
     """Fit the default law once for the module (every Dashboard asks its workspace for it)."""
     ws = Workspace(tmp_path_factory.mktemp("law"))
-    return ws.law()
+    return ws.law("annealing")
 
 
 def _dash(tmp_path, law_cache):
@@ -44,10 +44,12 @@ def test_schedule_tab_draws_the_designed_schedule(tmp_path, law_cache):
     x = np.asarray(fig["data"][0]["x"])
     assert x[-1] == 99_999 and x.size <= 1001
     np.testing.assert_allclose(fig["data"][0]["y"], sched(x), rtol=1e-12)
-    # predicted loss: the workspace law's prediction at those steps
-    pred = law_cache.predict(sched, x)
-    np.testing.assert_allclose(fig["data"][3]["y"], pred, rtol=2e-3)
+    # predicted loss: the workspace law's prediction at those steps (annealing by default)
+    np.testing.assert_allclose(fig["data"][3]["y"], law_cache.predict(sched, x), rtol=1e-9)
     assert "predicted final loss" in d.schedule.status.object
+    d.schedule.law.value = "multipower"
+    multi = d.ws.law("multipower")
+    np.testing.assert_allclose(d.schedule.plot.object["data"][3]["y"], multi.predict(sched, x), rtol=2e-3)
 
 
 def test_schedule_figure_dict_matches_the_plotly_figure():

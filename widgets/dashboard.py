@@ -81,9 +81,13 @@ class ScheduleTab:
     """Design a schedule with panel controls; the figure (LR, S1, S2, predicted loss) is
     :func:`workbench.plots.schedule_figure` with the workspace's fitted law as predictor."""
 
-    def __init__(self, ws: Workspace, predict: bool = True):
+    def __init__(self, ws: Workspace, predict: bool = True, law: str = "annealing"):
         self.ws = ws
-        self.predictor = ws.law().predictor(max_points=MAX_POINTS) if predict else None
+        self.predict = predict
+        # the annealing law by default: O(steps) per prediction (multipower is O(steps x points))
+        self.law = pn.widgets.Select(label="loss law (predicted loss)", options=["annealing", "multipower"],
+                                     value=law, visible=predict)
+        self.predictor = None
         self.lr_opts, self.min_opts = lr_options(), lr_options(-7, -1, zero=True)
         c = self.controls = {
             "family": pn.widgets.Select(label="family", options=list(FAMILIES), value="cosine"),
@@ -107,11 +111,12 @@ class ScheduleTab:
         for w in c.values():
             w.param.watch(self._changed, "value")
         self.compare.param.watch(self._changed, "value")
+        self.law.param.watch(self._changed, "value")
         self.save_button.on_click(lambda _e: self.save())
         self.redraws = 0
         self.redraw()
         self.layout = pn.Row(
-            pn.Column(*c.values(), pn.layout.Divider(), self.compare, self.name, self.save_button,
+            pn.Column(*c.values(), self.law, pn.layout.Divider(), self.compare, self.name, self.save_button,
                       self.status, width=320),
             self.plot, sizing_mode="stretch_width")
 
@@ -148,6 +153,8 @@ class ScheduleTab:
                 names.append(n)
             except (ValueError, FileNotFoundError) as exc:
                 self.status.object = _message(f"{n}: {exc}", "error")
+        if self.predict:
+            self.predictor = self.ws.law(self.law.value).predictor(max_points=MAX_POINTS)
         fig = plots.schedule_figure_dict(scheds, names=names, predictor=self.predictor, max_points=MAX_POINTS)
         fig["layout"]["uirevision"] = "designer"
         self.plot.object = fig
@@ -155,8 +162,8 @@ class ScheduleTab:
         if self.predictor is not None:
             loss = fig["data"][3]["y"]
             final = float(loss[-1]) if len(loss) else float("nan")
-            self.status.object = _message(f"predicted final loss {final:.4f} (law fitted to the bundled "
-                                          f"tiny-model runs)")
+            self.status.object = _message(f"predicted final loss {final:.4f} ({self.law.value} law fitted to "
+                                          f"the bundled tiny-model runs)")
         else:
             self.status.object = ""
 
@@ -413,7 +420,7 @@ def serve(port: int = 5006, run_dir: str | os.PathLike = "workbench-runs", addre
     Blocks until interrupted unless ``threaded=True`` (then returns the server thread; stop it
     with ``.stop()``). Works offline: panel's resources are served by the server itself.
     """
-    Workspace(run_dir).law()      # fit (or load) the law once, before the first page asks for it
+    Workspace(run_dir).law("annealing")   # fit (or load) the default law once, before the first page asks
     pn.extension("plotly", inline=True)
     websocket_origin = kwargs.pop("websocket_origin", [f"{address}:{port}", f"127.0.0.1:{port}",
                                                        f"localhost:{port}"])

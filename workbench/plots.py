@@ -11,7 +11,6 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import os
 from typing import Callable, Sequence
 
@@ -68,11 +67,13 @@ def _subplots():
 
 
 def _subplot_layout() -> dict:
-    """The layout of :func:`_subplots` as a plain dict (built once: plotly's validation is slow)."""
+    """The layout of :func:`_subplots` as a plain dict (built once: plotly's validation is slow).
+
+    A shallow copy: set top-level keys on it freely, but do not mutate nested values in place."""
     global _LAYOUT
     if _LAYOUT is None:
         _LAYOUT = _subplots().to_plotly_json()["layout"]
-    return copy.deepcopy(_LAYOUT)
+    return dict(_LAYOUT)
 
 
 _LAYOUT = None

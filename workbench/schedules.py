@@ -165,8 +165,19 @@ class Schedule:
         return int(np.argmax(self.lrs()))
 
     def lrs(self, total_steps: int | None = None) -> np.ndarray:
-        """The LR at every step ``0 .. total_steps-1`` (default: the schedule's horizon)."""
-        n = self.total_steps if total_steps is None else _check_int("total_steps", total_steps, low=1)
+        """The LR at every step ``0 .. total_steps-1`` (default: the schedule's horizon).
+
+        Schedules are immutable, so the horizon's array is computed once and kept; each call returns
+        a fresh copy of it (a designer redraw asks several times; copying is ~100x cheaper).
+        """
+        if total_steps is None or total_steps == self.total_steps:
+            cached = self.__dict__.get("_lrs_cache")
+            if cached is None:
+                cached = self(np.arange(self.total_steps))
+                cached.flags.writeable = False
+                object.__setattr__(self, "_lrs_cache", cached)
+            return cached.copy()
+        n = _check_int("total_steps", total_steps, low=1)
         return self(np.arange(n))
 
     # -- serialisation
