@@ -100,6 +100,10 @@ def test_training_tab_runs_and_shows_the_log(tmp_path, law_cache):
     assert list(fig.data[0].x) == [r["step"] for r in log] == list(range(12))
     assert list(fig.data[0].y) == pytest.approx([r["loss"] for r in log])
     assert [p for p in fig.data[1].x] == [3, 7, 11]                # val loss every 4 steps
+    from workbench.laws import FittedLaw
+
+    saved = FittedLaw.load(tmp_path / "fits" / "tiny-run.json")     # the forecast's fit is kept on disk
+    assert saved.params == t._fit.fitted.params
     # the same name again: a second run, never an overwrite
     t.run_name.value = "tiny-run"
     assert t.start() == "tiny-run-2"

@@ -289,7 +289,7 @@ class TrainingTab:
         name = self.runs.value
         if name == self._followed and not force:
             return
-        self._followed, self._fit, self.points = name, None, 0
+        self._followed, self._fit, self.points, self._saved_refits = name, None, 0, 0
         if name:
             try:
                 self._fit = LiveFit.from_run_log(self.ws.run_dir(name), law="multipower", min_points=8,
@@ -315,6 +315,18 @@ class TrainingTab:
         self.points += new
         self.plot.object = self._figure()
         self.status.object = self._status_text(status)
+        self._save_fit()
+
+    def _save_fit(self) -> None:
+        """Keep the run's latest forecast fit as ``fits/RUN.json`` (a restart loses nothing)."""
+        fit = self._fit
+        if fit is None or fit.fitted is None or fit.refits == self._saved_refits:
+            return
+        try:
+            fit.fitted.save(self.ws.path("fits", self._followed))
+            self._saved_refits = fit.refits
+        except (OSError, ValueError) as exc:
+            self.status.object += _message(f"<br>could not save the fit: {exc}", "error")
 
     def _status_text(self, status: dict) -> str:
         text = f"<b>{self._followed}</b>: {status['state']}, step {status['step']}"
@@ -344,14 +356,21 @@ class TrainingTab:
             fig.add_scatter(x=[s for s, _ in val], y=[v for _, v in val], name="val loss",
                             mode="lines+markers", line=dict(color="#ef553b"))
         if self._fit is not None and self._fit.fitted is not None:
-            T = self._fit.lrs.size
+            # the laws describe the loss after warmup: forecast from there on
+            T, start = self._fit.lrs.size, self._fit.schedule.warmup
             grid = plots.display_steps(T, 400)
+            grid = grid[grid >= start]
             mean, lo, hi = self._fit.predict(grid, band=True)
             fig.add_scatter(x=grid, y=hi, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
             fig.add_scatter(x=grid, y=lo, mode="lines", line=dict(width=0), fill="tonexty",
                             fillcolor="rgba(99,110,250,0.15)", name="95% band", hoverinfo="skip")
             fig.add_scatter(x=grid, y=mean, name=f"forecast ({self._fit.law})", mode="lines",
                             line=dict(color="#636efa", dash="dash"))
+        seen = [r["loss"] for r in recs if r.get("loss") is not None] + [v for _, v in val]
+        if seen:   # the observed losses set the scale; a wide early band does not
+            lo_y, hi_y = min(seen), max(seen)
+            pad = 0.05 * (hi_y - lo_y or 1.0)
+            fig.update_yaxes(range=[lo_y - pad, hi_y + pad])
         return fig
 
 
