@@ -404,3 +404,29 @@ def test_streaming_reader_reads_byte_ranges_without_mmap(tmp_path, monkeypatch, 
     for t in d.tensors:
         dd = tf[t["name"]].double().numpy() - bf[t["name"]].double().numpy()
         assert t["changed"] == np.count_nonzero(np.abs(dd) > 1e-5) and t["dtype"] == "bfloat16"
+
+
+def test_nan_and_inf_entries_in_cached_statistics(monkeypatch):
+    """NaN deltas are unchanged at every tolerance (like ``|nan| > atol``), inf deltas changed at every one."""
+    n = 64
+    base = torch.linspace(1, 2, n)
+    base[:8] = 0.0
+    tuned = base.clone()
+    tuned[8:20] += 1e-3                       # plain changes
+    tuned[20], base[21], tuned[21] = float("nan"), float("nan"), float("nan")   # NaN deltas
+    base[22], tuned[22] = float("inf"), float("inf")                             # inf - inf = NaN
+    tuned[23] = float("inf")                                                     # inf delta
+    tuned[:2] = 1e-6                          # base 0: rel = inf
+    for chunk in (8, 1 << 20):                # sparse chunks and one dense chunk
+        monkeypatch.setattr(diff_mod, "CHUNK_ELEMENTS", chunk)
+        d = diff_checkpoints({"w": base}, {"w": tuned}, atol=1e-5, rtol=1e-3)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dd = tuned.double().numpy() - base.double().numpy()
+            for e in (0.0, diff_mod.snap_tolerance(1e-7), diff_mod.snap_tolerance(1e-4),
+                      diff_mod.TOLERANCE_GRID[-1]):
+                want = np.count_nonzero(np.abs(dd) > e)
+                assert d.sparsity_at(atol=e)["w"] == pytest.approx(1 - want / n), (chunk, e)
+                want_r = np.count_nonzero(np.abs(dd) > e * np.abs(base.double().numpy()))
+                assert d.sparsity_at(rtol=e)["w"] == pytest.approx(1 - want_r / n), (chunk, e)
+        t = d.tensors[0]
+        assert t["changed"] == 12 + 1 and t["max_abs_delta"] == float("inf")   # 1e-6 on a zero: rel only

@@ -352,18 +352,30 @@ class _Acc:
         self.row_changed = np.zeros(shape[0], dtype=np.int64) if self.cols is not None else None
         self.col_changed = np.zeros(self.cols, dtype=np.int64) if self.cols is not None else None
         self.mask_parts = [] if keep_mask else None
+        self.dense = False  # a chunk of this tensor had >= 1/4 of its entries changed
 
 
-def _hist(values: torch.Tensor, edges: torch.Tensor) -> np.ndarray:
-    """Counts of ``values >= 0`` per grid bin (bin i: ``edges[i-1] < v <= edges[i]``).
+_NAN_CELLS = (0x7F800000 >> _CELL_SHIFT) + 1  # cells above +inf's hold only (quiet) NaNs
+
+
+def _hist(values: torch.Tensor, edges: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Counts of ``values >= 0`` (or NaN) per grid bin (bin i: ``edges[i-1] < v <= edges[i]``), NaNs in
+    bin 0 (unchanged at every tolerance); also returns how many NaNs there were.
 
     float32: one ``bincount`` of the top 16 bits, summed per bin (exact: every edge is the top of a cell;
     far faster than a binary search per value); float64: ``bucketize`` against the same edges.
     """
     if values.dtype == torch.float32 and len(edges) == len(TOLERANCE_GRID):
         cells = torch.bincount(values.view(torch.int32) >> _CELL_SHIFT, minlength=1 << 16).numpy()
-        return np.add.reduceat(cells, _CELL_STARTS)
-    return torch.bincount(torch.bucketize(values, edges), minlength=len(edges) + 1).numpy()
+        nans = int(cells[_NAN_CELLS:].sum())
+        hist = np.add.reduceat(cells[:_NAN_CELLS], _CELL_STARTS)
+    else:
+        isnan = torch.isnan(values)
+        nans = int(isnan.sum())
+        hist = torch.bincount(torch.bucketize(values.masked_fill(isnan, 0.0), edges),
+                              minlength=len(edges) + 1).numpy()
+    hist[0] += nans
+    return hist, nans
 
 
 def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
@@ -371,12 +383,12 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
 
     Floating chunks first find the entries that differ at all (``tuned != base``, exact in the stored
     dtype); when fewer than a quarter differ only those are converted and examined, otherwise the whole
-    chunk is. Both paths give the same numbers.
+    chunk is (and the rest of that tensor's chunks skip the search). Both paths give the same numbers.
     """
     n = bf.numel()
     idx = None
     bits = _BITS.get(bf.dtype)
-    if bits is not None:
+    if bits is not None and not acc.dense:
         # bit patterns differ wherever the values do (bit-equal NaNs and +0/-0 pairs have delta NaN/0, which
         # count as unchanged either way); numpy's flatnonzero is several times faster than torch.nonzero
         ne = np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy())
@@ -384,14 +396,18 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             found = np.flatnonzero(ne)
             idx = torch.from_numpy(found)
             bv, tv = bf[idx].to(compute), tf[idx].to(compute)
+        else:
+            acc.dense = True
     if idx is None:
         bv, tv = bf.to(compute), tf.to(compute)
-    absd = torch.nan_to_num_((tv - bv).abs_(), nan=0.0)  # NaN deltas count as unchanged, like |nan| > atol
+    absd = (tv - bv).abs_()  # abs_ clears the sign bit of NaNs too
+    hist, nans = _hist(absd, edges)
+    if nans:  # NaN deltas count as unchanged, like |nan| > atol (max, norms and counts below skip them)
+        absd.nan_to_num_(nan=0.0, posinf=math.inf)
     acc.zeros += n - int(np.count_nonzero(absd.numpy()))  # numpy's counts are several times faster here
-    hist = _hist(absd, edges)
     absb = bv.abs()
-    rel = torch.nan_to_num_(absd / absb, nan=0.0)  # 0/0 -> unchanged, x/0 -> inf (changed at every rtol)
-    rhist = _hist(rel, edges)
+    rel = (absd / absb).abs_()  # 0/0 -> NaN (unchanged), x/0 -> inf (changed at every rtol); abs_: NaN sign
+    rhist, _ = _hist(rel, edges)
     if idx is not None:  # the entries equal in both sit below every edge
         hist[0] += n - len(idx)
         rhist[0] += n - len(idx)
