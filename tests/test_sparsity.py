@@ -406,10 +406,11 @@ def test_streaming_reader_reads_byte_ranges_without_mmap(tmp_path, monkeypatch, 
         assert t["changed"] == np.count_nonzero(np.abs(dd) > 1e-5) and t["dtype"] == "bfloat16"
 
 
-def test_nan_and_inf_entries_in_cached_statistics(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_and_inf_entries_in_cached_statistics(monkeypatch, dtype):
     """NaN deltas are unchanged at every tolerance (like ``|nan| > atol``), inf deltas changed at every one."""
     n = 64
-    base = torch.linspace(1, 2, n)
+    base = torch.linspace(1, 2, n, dtype=dtype)
     base[:8] = 0.0
     tuned = base.clone()
     tuned[8:20] += 1e-3                       # plain changes
