@@ -7,7 +7,7 @@
    docstrings and its language-reference topics), 0 and 10% replay - grid ``three-phase``;
 3. the stability gap (depth/duration of the rise of A's and B's loss after the shift) with B's
    full data vs a 20k-token subset of B seen for several epochs, plus a MER row - grid ``stability``;
-4. the annealing law fitted on the first half of phase B of the claim-1 runs (LRs of the whole
+4. the annealing law fitted on the first 60% of phase B of the claim-1 runs (LRs of the whole
    run: S1 counts phase A, S2 goes negative in the re-warm) and its prediction of the second half.
 
 The tiny model (1.08M parameters, byte vocabulary), batch 8 x 64 tokens, AdamW, peak LR 3e-3,
@@ -53,6 +53,29 @@ def _fmt_table(table, cols):
     return "\n".join(lines)
 
 
+def _paired(table, ref: str, cols):
+    """Per-seed differences run - ref (paired by seed: same init and data order), mean ± std."""
+    lines = []
+    t = table.set_index(["run", "seed"])
+    for run in dict.fromkeys(table["run"]):
+        if run == ref:
+            continue
+        diffs = {c: [] for c in cols}
+        for seed in sorted(set(table["seed"])):
+            if (run, seed) in t.index and (ref, seed) in t.index:
+                for c in cols:
+                    if c in t.columns:
+                        diffs[c].append(float(t.loc[(run, seed), c]) - float(t.loc[(ref, seed), c]))
+        cells = []
+        for c in cols:
+            d = np.array(diffs[c])
+            if d.size:
+                cells.append(f"{c} {d.mean():+.4f}" + (f" ± {d.std(ddof=1):.4f}" if d.size > 1 else "")
+                             + f" (per seed {', '.join(f'{x:+.3f}' for x in d)})")
+        lines.append(f"{run} - {ref}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/workbench-continual-bench")
@@ -74,6 +97,10 @@ def main(argv=None) -> int:
         print("\n## claim 1: re-warm + re-decay + replay vs re-training (stdlib -> docs)\n")
         print(_fmt_table(table, ["final_stdlib", "final_docs", "forgetting_stdlib", "vs_retrain_stdlib",
                                  "vs_retrain_docs", "adapt_vs_scratch", "frac_to_retrain"]))
+        print("\npaired by seed, vs rewarm-r00:")
+        print(_paired(table[table["kind"] == "continual"], "rewarm-r00", ["final_stdlib", "final_docs"]))
+        print("\npaired by seed, vs retrain-AB:")
+        print(_paired(table[table["run"] != "scratch-B"], "retrain-AB", ["final_stdlib", "final_docs"]))
         results["claim1"] = table.to_dict(orient="records")
     if 2 in args.claims:
         out = os.path.join(args.out, "three" + suffix)
@@ -99,6 +126,8 @@ def main(argv=None) -> int:
             for idx in mean.index:
                 print(f"{idx[0]:>14} phase {idx[1]}: " + "  ".join(
                     f"{k} {mean.loc[idx, k]:.4f} ({std.loc[idx, k]:.4f})" for k in mean.columns))
+        print("\npaired by seed, vs rewarm-r00 (final losses):")
+        print(_paired(table, "rewarm-r00", ["final_stdlib", "final_docstrings", "final_topics"]))
         results["claim2"] = table.to_dict(orient="records")
         results["claim2_phase_ends"] = ends
     if 3 in args.claims:
@@ -107,11 +136,40 @@ def main(argv=None) -> int:
         print("\n## claim 3: stability gap, full B vs a small B subset (multi-epoch), MER\n")
         print(_fmt_table(table, ["final_stdlib", "final_docs", "forgetting_stdlib", "gap_depth_stdlib",
                                  "gap_duration_stdlib", "gap_depth_docs", "gap_duration_docs"]))
-        # time for docs to reach the full-data run's mid-phase loss (how fast B is learnt)
+        print("\npaired by seed, vs rewarm-full:")
+        print(_paired(table, "rewarm-full", ["final_stdlib", "final_docs", "gap_depth_stdlib"]))
         results["claim3"] = table.to_dict(orient="records")
+        # the same question at a finer resolution: A trained 3x longer, evaluation every 2 steps
+        n_a, n_b = (3 * args.steps, args.steps) if not args.quick else (12, 4)
+        fine = dict(batch_size=8, seq_len=64, max_tokens=200_000, eval_interval=2, eval_batches=4)
+        if args.quick:
+            fine.update(batch_size=4, seq_len=32, max_tokens=20_000, eval_batches=1)
+        sub = 20_000 if not args.quick else 4_000
+        runs = [C.GridRun("fine-full", C.ContinualConfig([C.Phase("stdlib", n_a), C.Phase("docs", n_b)], **fine),
+                          "rewarm", 0.0, labels={"subset_tokens": None}),
+                C.GridRun("fine-subset", C.ContinualConfig([C.Phase("stdlib", n_a),
+                                                            C.Phase("docs", n_b, max_tokens=sub)], **fine),
+                          "rewarm", 0.0, labels={"subset_tokens": sub})]
+        out = os.path.join(args.out, "stability-fine" + suffix)
+        table = C.run_grid("stability-fine", out, seeds=seeds, runs=runs)
+        print(f"\n### claim 3b: A {n_a} steps, B {n_b} steps, evaluation every 2 steps\n")
+        print(_fmt_table(table, ["final_stdlib", "final_docs", "forgetting_stdlib", "gap_depth_stdlib",
+                                 "gap_duration_stdlib", "gap_depth_docs", "gap_duration_docs"]))
+        print("\npaired by seed, vs fine-full:")
+        print(_paired(table, "fine-full", ["final_stdlib", "final_docs", "gap_depth_stdlib", "gap_duration_stdlib"]))
+        # docs loss in the first evaluations after the shift (where a gap would show)
+        for cell in runs:
+            for sd in seeds:
+                d = os.path.join(out, cell.name, f"seed{sd}")
+                if os.path.exists(os.path.join(d, C.CONTINUAL_FILE)):
+                    st, va = C.domain_losses(d, "stdlib")
+                    keep = (st >= n_a - 3) & (st < n_a + 30)
+                    print(f"{cell.name} seed {sd} stdlib loss around the shift: " +
+                          ", ".join(f"{a}:{b:.3f}" for a, b in zip(st[keep], va[keep])))
+        results["claim3b"] = table.to_dict(orient="records")
     if 4 in args.claims:
         out = os.path.join(args.out, "replay" + suffix)
-        print("\n## claim 4: annealing law across the re-warm, fit on the first half of phase B\n")
+        print("\n## claim 4: annealing law across the re-warm, fit on the first 60% of phase B\n")
         rows = []
         for cell in C.grid_runs("replay", args.quick, steps):
             if cell.kind != "continual":

@@ -810,14 +810,14 @@ def compute_to_baseline(log, baseline_log, domain, shift_step: int = 0) -> dict:
 # ---------------------------------------------------------------------------------------- annealing law
 def fit_continuation(log, config: ContinualConfig, domain: str | None = None, fit_until: int | None = None,
                      lam: float = 0.999, phase: int = -1) -> dict:
-    """Fit the annealing law to ``domain``'s loss from the shift into ``phase`` up to ``fit_until``,
+    """Fit the annealing law to ``domain``'s loss from the start of ``phase`` up to ``fit_until``,
     then predict the rest of the run.
 
     The LRs are the whole run's (phase A included), so ``S1`` counts every update, and during
     the re-warm the annealing momentum ``m_i = lam*m_{i-1} + (eta_{i-1} - eta_i)`` turns negative
     (the rise outweighs the remembered drops of phase A), so ``S2 = sum m_i`` falls: the law's
     term ``-C*S2`` raises the predicted loss (2408.11029). ``domain`` defaults to the phase's
-    domain, ``fit_until`` to the middle of the phase. Returns ``{"law", "params", "fit_steps",
+    domain, ``fit_until`` to 60% into the phase (at least 5 evaluations are needed). Returns ``{"law", "params", "fit_steps",
     "fit_losses", "fit_pred", "test_steps", "test_losses", "pred", "pred_err", "worst_err",
     "m_min", "S2_drop"}``: ``m_min`` the lowest momentum in the phase (< 0 after a re-warm),
     ``S2_drop`` the total fall of ``S2`` in the phase (the sum of the negative ``m``).
@@ -830,13 +830,13 @@ def fit_continuation(log, config: ContinualConfig, domain: str | None = None, fi
     start = config.starts[i]
     end = start + ph.steps - 1
     domain = domain or ph.domain
-    fit_until = fit_until if fit_until is not None else start + ph.steps // 2 - 1
+    fit_until = fit_until if fit_until is not None else start + int(round(0.6 * ph.steps)) - 1
     steps, vals = domain_losses(log, domain)
     lrs = build_schedule(config).lrs()
     warm = int(round(config.warmup_fraction * config.phases[0].steps))
     sel_fit = (steps >= start) & (steps <= fit_until)
     sel_test = (steps > fit_until) & (steps <= end)
-    if sel_fit.sum() < 6:
+    if sel_fit.sum() < 5:
         raise ValueError(f"only {int(sel_fit.sum())} evaluations of {domain!r} in [{start}, {fit_until}]; "
                          "evaluate more often or fit over a longer window")
     curve = LossCurve(lrs=lrs, steps=steps[sel_fit], losses=vals[sel_fit], name=domain, warmup_steps=warm)
