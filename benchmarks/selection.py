@@ -39,8 +39,6 @@ starts from the bundled pretrained tiny checkpoint (Llama, 4 layers, hidden 128,
 Measured numbers and their reading: ``benchmarks/notes/selection.md``.
 """
 import argparse
-import copy
-import json
 import statistics
 import time
 

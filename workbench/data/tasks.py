@@ -76,7 +76,7 @@ def _operand(rng: random.Random, digits: int) -> int:
 def arithmetic_examples(n: int, digits: int = 2, ops: Sequence[str] = ("+",), seed: int = 0,
                         template: str = TEMPLATE, end: str = END,
                         exclude=None) -> list[dict]:
-    """``n`` distinct arithmetic examples (dicts, see the module docstring), deterministic in ``seed``.
+    """``n`` distinct arithmetic examples (dicts, see the module docstring); deterministic.
 
     ``digits``: the largest operand digit count (each operand's count is uniform in
     ``1..digits``). ``ops``: any of ``"+"``, ``"-"`` (operands ordered so the answer is
@@ -94,7 +94,7 @@ def arithmetic_examples(n: int, digits: int = 2, ops: Sequence[str] = ("+",), se
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
         raise ValueError(f"digits must be an integer in 1..9, got {digits!r}")
-    ops = tuple(ops) if not isinstance(ops, str) else tuple(ops)
+    ops = tuple(ops)
     bad = [o for o in ops if o not in _OPS]
     if not ops or bad:
         raise ValueError(f"ops must be a non-empty sequence of {sorted(_OPS)}, got {ops!r}")
@@ -456,8 +456,9 @@ def train_on_task(model, examples, steps: int, batch_size: int = 32, lr: float =
     ``step``, ``time`` (seconds of training so far, held-out evaluation excluded), ``loss``
     (mean training loss since the previous entry; None at step 0), ``accuracy`` (exact match
     on ``eval_examples``; None without them), ``eval_loss`` (their mean answer loss, see
-    :func:`per_example_losses`; None without them) and ``epoch`` (finished epochs); with a GainSampler also ``mu``
-    and ``epoch_accuracy`` (of the last finished epoch). Deterministic in ``seed``.
+    :func:`per_example_losses`; None without them) and ``epoch`` (finished epochs); with a
+    GainSampler also ``mu`` and ``epoch_accuracy`` (of the last finished epoch).
+    Deterministic in ``seed``.
 
     Example::
 
