@@ -327,6 +327,9 @@ def test_cli_lists_runs_and_prints_tables(tmp_path, monkeypatch):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["continual", "run", "nope", "--out", out]) == 2
     assert "unknown grid" in err.getvalue()
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["continual", "run", "replay", "--quick", "--steps", "7", "--out", str(tmp_path / "s")]) == 2
+    assert "multiple of eval_interval" in err.getvalue()
 
 
 def test_live_view_draws_one_curve_per_domain():

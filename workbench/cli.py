@@ -604,6 +604,8 @@ def _add_continual(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="results directory (one sub-directory per run and seed)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     r.add_argument("--quick", action="store_true", help="tiny steps and data (a smoke test, not a result)")
+    r.add_argument("--steps", type=int, default=None,
+                   help="steps per phase (default 200, or 10 with --quick; a multiple of the eval interval)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_continual_run)
     t = csub.add_parser("table", help="print the metric table of a results directory")
@@ -651,7 +653,7 @@ def _print_table(table, per_seed: bool) -> None:
 def _continual_run(args: argparse.Namespace) -> int:
     from workbench import continual
 
-    table = continual.run_grid(args.grid, args.out, seeds=args.seeds, quick=args.quick,
+    table = continual.run_grid(args.grid, args.out, seeds=args.seeds, quick=args.quick, steps=args.steps,
                                progress=not args.no_progress)
     _print_table(table, per_seed=False)
     return 0
