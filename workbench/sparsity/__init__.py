@@ -10,10 +10,12 @@ from workbench.sparsity.diff import (DEFAULT_MAX_RANK_NUMEL, TOLERANCE_GRID, Spa
                                      matrix_type, overlap, parse_name, snap_tolerance)
 from workbench.sparsity.prune import (FLAP_TARGETS, flap_prune, flap_scores, input_norms, input_stats,
                                       magnitude_prune, magnitude_scores, prune_mask, wanda_prune, wanda_scores)
+from workbench.sparsity.finetune import dpo, grpo, preference_pairs, sft
 from workbench.sparsity.retrain import MaskRestorer, MiguHook, perp_parameters, restore_masks
 
 __all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "DEFAULT_MAX_RANK_NUMEL",
            "TOLERANCE_GRID", "snap_tolerance", "matrix_type",
            "magnitude_scores", "wanda_scores", "prune_mask", "input_norms", "magnitude_prune", "wanda_prune",
            "flap_scores", "flap_prune", "input_stats", "FLAP_TARGETS",
-           "perp_parameters", "restore_masks", "MaskRestorer", "MiguHook"]
+           "perp_parameters", "restore_masks", "MaskRestorer", "MiguHook",
+           "sft", "dpo", "grpo", "preference_pairs"]
