@@ -70,7 +70,7 @@ from .data.sampler import DomainMix
 from .runlog import read_json, read_run_log, write_json_atomic
 
 __all__ = ["Phase", "ContinualConfig", "SCHEDULES", "DOMAINS", "build_schedule", "row_table",
-           "ContinualMix", "make_source", "domain_blocks", "make_trainer", "run_continual",
+           "ContinualMix", "make_source", "domain_blocks", "make_trainer", "finish", "run_continual",
            "summarize", "domain_losses", "forgetting", "adaptation", "stability_gap",
            "compute_to_baseline", "fit_continuation", "GRIDS", "GridRun", "grid_runs", "run_grid",
            "metric_table", "aggregate_table", "CONTINUAL_FILE", "CONTINUAL_CONFIG_FILE"]
