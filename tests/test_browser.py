@@ -216,3 +216,50 @@ def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
         page.close()
     fatal = [e for e in errors if "Uncaught" in e or "page error" in e]
     assert not fatal, fatal
+
+
+def test_dashboard_data_selection_and_sparsity_tabs(browser, dashboard):
+    url, run_dir = dashboard
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = _console_errors(page)
+    page.goto(url, wait_until="networkidle")
+
+    # data selection: score a small set of prompts, then the chosen subset follows the size slider
+    page.locator(".bk-tab", has_text="Data selection").first.click()
+    box = page.get_by_label("prompts to score")
+    box.fill("64")
+    box.press("Enter")
+    page.get_by_role("button", name="Score prompts").click()
+    scatter = page.locator(".js-plotly-plot").nth(2)          # after the Schedule and Training plots
+    scatter.wait_for(timeout=60_000)
+    page.wait_for_function("el => el.data.length == 2 && el.data[0].x.length == 64", arg=scatter.element_handle(),
+                           timeout=180_000)
+    n_chosen = scatter.evaluate("el => el.data[1].x.length")
+    assert 1 <= n_chosen <= 64
+    page.get_by_label("export as").fill("from-browser")
+    page.get_by_label("export as").press("Enter")
+    page.get_by_role("button", name="Export indices").click()
+    saved = Path(run_dir) / "selections" / "from-browser.json"
+    page.wait_for_function("() => true")
+    for _ in range(100):
+        if saved.exists():
+            break
+        page.wait_for_timeout(100)
+    assert len(json.loads(saved.read_text())["indices"]) == n_chosen
+    page.screenshot(path=str(ARTIFACTS / "dashboard-data-selection.png"), full_page=True)
+
+    # sparsity: diff the bundled pretrained model with itself -> nothing changed, sparsity 1 everywhere
+    page.locator(".bk-tab", has_text="Sparsity").first.click()
+    page.get_by_label("save diff as").fill("self")
+    page.get_by_label("save diff as").press("Enter")
+    page.get_by_role("button", name="Diff checkpoints").click()
+    heat = page.locator(".js-plotly-plot").nth(4)             # after the angle scatter and histogram
+    heat.wait_for(timeout=60_000)
+    page.wait_for_function("el => el.data.length == 1 && el.data[0].type == 'heatmap'", arg=heat.element_handle(),
+                           timeout=180_000)
+    z = heat.evaluate("el => el.data[0].z.flat().filter(v => v !== null)")
+    assert z and all(v == 1.0 for v in z), z
+    assert (Path(run_dir) / "diffs" / "self.json").exists()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity.png"), full_page=True)
+    assert not errors, errors
+    page.close()
