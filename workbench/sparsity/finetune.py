@@ -246,6 +246,24 @@ def _clip(model, grad_clip):
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
 
 
+def _record(rec: dict, hist: dict, callback, bar, **postfix) -> None:
+    """One step's record: into the history, to the callback, onto the progress bar."""
+    for k in hist:
+        hist[k].append(rec[k])
+    if callback is not None:
+        callback(rec)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(**postfix)
+
+
+def _finish(model, opt, bar) -> None:
+    if bar is not None:
+        bar.close()
+    opt.zero_grad()
+    model.eval()
+
+
 # ------------------------------------------------------------------------------------------- SFT
 def sft(model: nn.Module, batch: dict, steps: int, lr: float, *, dtype: str = "fp32", seed: int = 0,
         batch_size: int | None = None, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -272,17 +290,8 @@ def sft(model: nn.Module, batch: dict, steps: int, lr: float, *, dtype: str = "f
         _clip(model, grad_clip)
         opt.step()
         rec = {"step": step, "loss": float(loss.detach())}
-        for k in hist:
-            hist[k].append(rec[k])
-        if callback is not None:
-            callback(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-    if bar is not None:
-        bar.close()
-    opt.zero_grad()
-    model.eval()
+        _record(rec, hist, callback, bar, loss=f"{rec['loss']:.3f}")
+    _finish(model, opt, bar)
     return model, hist
 
 
@@ -338,17 +347,8 @@ def dpo(model: nn.Module, ref_model: nn.Module, chosen: dict, rejected: dict, be
         opt.step()
         rec = {"step": step, "loss": float(loss.detach()), "margin": float(margin.detach().mean()),
                "accuracy": float((margin > 0).float().mean())}
-        for k in hist:
-            hist[k].append(rec[k])
-        if callback is not None:
-            callback(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.2f}")
-    if bar is not None:
-        bar.close()
-    opt.zero_grad()
-    model.eval()
+        _record(rec, hist, callback, bar, loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.2f}")
+    _finish(model, opt, bar)
     return model, hist
 
 
@@ -437,15 +437,6 @@ def grpo(model: nn.Module, prompts: list[str], answers: list[str], steps: int, l
         _clip(model, grad_clip)
         opt.step()                          # also when every advantage is 0: Adam's momentum still moves
         rec = {"step": step, "reward": float(r.mean()), "loss": float(loss.detach())}
-        for k in hist:
-            hist[k].append(rec[k])
-        if callback is not None:
-            callback(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward']:.2f}")
-    if bar is not None:
-        bar.close()
-    opt.zero_grad()
-    model.eval()
+        _record(rec, hist, callback, bar, reward=f"{rec['reward']:.2f}")
+    _finish(model, opt, bar)
     return model, hist
