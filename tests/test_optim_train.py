@@ -126,7 +126,12 @@ WORKER = textwrap.dedent("""
             opt.step()
         results[name] = [p.detach().clone() for p in model.parameters()]
     torch.save(results, out + f"/rank{rank}.pt")
+    # both ranks done before teardown, and no C++ static destructors racing gloo's threads at exit
+    # (seen once as "terminate called without an active exception", SIGABRT after the results were saved)
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush(); sys.stderr.flush()
+    import os; os._exit(0)
 """)
 
 
