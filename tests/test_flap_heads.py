@@ -5,25 +5,12 @@ import torch
 from workbench.models import build_model
 from workbench.sparsity import flap_prune
 
+from test_prune import _capture   # every input of o_proj/down_proj, stored
+
 
 def _batches(n=2, b=2, t=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (b, t), generator=g) for _ in range(n)]
-
-
-def _inputs(model, batches, suffixes=("o_proj", "down_proj")):
-    xs, hooks = {}, []
-    for name, m in model.named_modules():
-        if name.endswith(suffixes):
-            def fn(mod, args, name=name):
-                xs.setdefault(name, []).append(args[0].detach().double().reshape(-1, args[0].shape[-1]))
-            hooks.append(m.register_forward_pre_hook(fn))
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    for h in hooks:
-        h.remove()
-    return {k: torch.cat(v) for k, v in xs.items()}
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3])
@@ -31,7 +18,7 @@ def test_head_pruning_matches_brute_force(ratio):
     model = build_model("tiny", num_hidden_layers=2, seed=1).eval()
     heads = model.config.num_attention_heads
     batches = _batches()
-    xs = _inputs(model, batches)
+    xs = _capture(model, batches)
     names = [n for n, _ in model.named_modules() if n.endswith(("o_proj", "down_proj"))]
     orig = {n: model.get_submodule(n).weight.detach().clone() for n in names}
     # brute force: units (score, module order, unit index, channels)
