@@ -36,6 +36,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -247,14 +248,23 @@ def _batches(n, batch_size):
         yield slice(s, min(n, s + batch_size))
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """``model.eval()`` inside the block; its previous train/eval mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def _generate_ids(model, examples, tok, batch_size, max_new_tokens):
     """Greedy continuations of the prompts: list of token-id lists (``max_new_tokens`` each)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with _eval_mode(model):
         for sl in _batches(len(examples), batch_size):
             enc = encode_prompts(examples[sl], tok, pad="left")
             ids = enc["input_ids"].to(device)
@@ -268,8 +278,6 @@ def _generate_ids(model, examples, tok, batch_size, max_new_tokens):
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
             out.extend(torch.stack(new, 1).cpu().tolist())
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -376,10 +384,8 @@ def per_example_losses(model, examples, tokenizer=None, batch_size: int = 128) -
     _check_examples(examples)
     tok = _tokenizer(tokenizer)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with _eval_mode(model):
         for sl in _batches(len(examples), batch_size):
             enc = encode_examples(examples[sl], tok, pad="right")
             logits = model(input_ids=enc["input_ids"].to(device),
@@ -390,8 +396,6 @@ def per_example_losses(model, examples, tokenizer=None, batch_size: int = 128) -
                                                    reduction="none")
             keep = (target != -100).float()
             out.append(((ce * keep).sum(1) / keep.sum(1).clamp(min=1)).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
