@@ -56,6 +56,14 @@ def dashboard(tmp_path_factory):
         yield url, run_dir
 
 
+def _open(browser, url: str, height: int = 900):
+    """A new page on the dashboard, with its console errors collected."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    errors = _console_errors(page)
+    page.goto(url, wait_until="networkidle")
+    return page, errors
+
+
 def _plot(page, index: int = 0):
     loc = page.locator(".js-plotly-plot").nth(index)
     loc.wait_for(timeout=60_000)
@@ -64,9 +72,7 @@ def _plot(page, index: int = 0):
 
 def test_dashboard_schedule_parameter_redraws_plot(browser, dashboard):
     url, run_dir = dashboard
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    errors = _console_errors(page)
-    page.goto(url, wait_until="networkidle")
+    page, errors = _open(browser, url)
     plot = _plot(page)
     assert plot.evaluate("el => el.data[0].x[el.data[0].x.length - 1]") == 9999   # default 10k steps
     lr_before = plot.evaluate("el => Array.from(el.data[0].y)")
@@ -96,9 +102,7 @@ def test_dashboard_schedule_parameter_redraws_plot(browser, dashboard):
 
 def test_dashboard_training_run_from_the_page(browser, dashboard):
     url, run_dir = dashboard
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    errors = _console_errors(page)
-    page.goto(url, wait_until="networkidle")
+    page, errors = _open(browser, url)
     page.locator(".bk-tab", has_text="Training").first.click()
     page.get_by_label("run name").fill("from-browser")
     page.get_by_label("run name").press("Enter")
@@ -220,9 +224,7 @@ def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
 
 def test_dashboard_data_selection_and_sparsity_tabs(browser, dashboard):
     url, run_dir = dashboard
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = _console_errors(page)
-    page.goto(url, wait_until="networkidle")
+    page, errors = _open(browser, url, 1000)
 
     # data selection: score a small set of prompts, then the chosen subset follows the size slider
     page.locator(".bk-tab", has_text="Data selection").first.click()
@@ -240,7 +242,6 @@ def test_dashboard_data_selection_and_sparsity_tabs(browser, dashboard):
     page.get_by_label("export as").press("Enter")
     page.get_by_role("button", name="Export indices").click()
     saved = Path(run_dir) / "selections" / "from-browser.json"
-    page.wait_for_function("() => true")
     for _ in range(100):
         if saved.exists():
             break

@@ -28,14 +28,10 @@ from pathlib import Path
 import numpy as np
 import panel as pn
 
+from workbench.widgets.dashboard import _message
 from workbench.workspace import Workspace
 
 __all__ = ["AnglesTab", "SparsityTab"]
-
-
-def _message(text: str, kind: str = "info") -> str:
-    color = {"info": "#555", "ok": "#1a7f37", "error": "#b42318"}[kind]
-    return f'<span style="color:{color}">{text}</span>'
 
 
 def _layout(fig_height: int, **kw) -> dict:

@@ -181,6 +181,24 @@ def _check_pad(pad):
         raise ValueError(f"pad must be 'right' or 'left', got {pad!r}")
 
 
+def _encode_segments(examples, tokenizer, pad, pad_id, max_len, answer: bool):
+    """Token ids and segment codes (0 pad, 1 template, 2 question, 3 answer + end), padded."""
+    _check_examples(examples)
+    _check_pad(pad)
+    tok = _tokenizer(tokenizer)
+    pad_id = getattr(tok, "eos_id", 0) if pad_id is None else pad_id
+    rows = []
+    for e in examples:
+        parts = [e["template"], e["question"]] + ([e["answer"] + _end_of(e)] if answer else [])
+        ids, codes = [], []
+        for code, text in enumerate(parts, start=1):
+            toks = tok.encode(text)
+            ids += toks
+            codes += [code] * len(toks)
+        rows.append((ids, codes))
+    return _pad_rows(rows, pad, pad_id, max_len)
+
+
 def encode_examples(examples, tokenizer=None, pad: str = "right", max_len: int | None = None,
                     pad_id: int | None = None) -> dict:
     """Padded tensors for a batch of examples: ``{input_ids, attention_mask, labels,
@@ -200,15 +218,7 @@ def encode_examples(examples, tokenizer=None, pad: str = "right", max_len: int |
         >>> enc["input_ids"].shape == enc["labels"].shape
         True
     """
-    _check_examples(examples)
-    _check_pad(pad)
-    tok = _tokenizer(tokenizer)
-    pad_id = getattr(tok, "eos_id", 0) if pad_id is None else pad_id
-    rows = []
-    for e in examples:
-        t, q, a = (tok.encode(s) for s in (e["template"], e["question"], e["answer"] + _end_of(e)))
-        rows.append((t + q + a, [1] * len(t) + [2] * len(q) + [3] * len(a)))
-    ids, codes = _pad_rows(rows, pad, pad_id, max_len)
+    ids, codes = _encode_segments(examples, tokenizer, pad, pad_id, max_len, answer=True)
     answer = codes == 3
     labels = torch.where(answer, ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": (codes > 0).long(), "labels": labels,
@@ -218,15 +228,7 @@ def encode_examples(examples, tokenizer=None, pad: str = "right", max_len: int |
 def encode_prompts(examples, tokenizer=None, pad: str = "left", pad_id: int | None = None) -> dict:
     """Prompts only (template + question), for generation and angle scoring:
     ``{input_ids, attention_mask, prompt_mask, template_mask}`` (left padding by default)."""
-    _check_examples(examples)
-    _check_pad(pad)
-    tok = _tokenizer(tokenizer)
-    pad_id = getattr(tok, "eos_id", 0) if pad_id is None else pad_id
-    rows = []
-    for e in examples:
-        t, q = tok.encode(e["template"]), tok.encode(e["question"])
-        rows.append((t + q, [1] * len(t) + [2] * len(q)))
-    ids, codes = _pad_rows(rows, pad, pad_id, None)
+    ids, codes = _encode_segments(examples, tokenizer, pad, pad_id, None, answer=False)
     return {"input_ids": ids, "attention_mask": (codes > 0).long(), "prompt_mask": codes == 2,
             "template_mask": codes == 1}
 
