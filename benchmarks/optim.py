@@ -3,7 +3,9 @@
 A LLaMA-style layer stack (q, k, v, o: d x d; gate, up: ffn x d; down: d x ffn; two norms per layer;
 no embeddings) with fixed random gradients; only ``optimizer.step()`` is timed. The baseline is the
 faster of torch AdamW's for-loop and foreach paths on CPU, ``AdamW(fused=True)`` on CUDA.
-Steady-state steps and projection-refresh steps (APOLLO's new random matrices, GaLore's SVD,
+APOLLO regenerates its random projection at every step by default (nothing stored); the
+"cached P" row keeps it between refreshes instead. Steady-state steps and projection-refresh
+steps (APOLLO's new random matrices, GaLore's SVD,
 FRUGAL's new subspace) are timed separately; "amortized" adds the refresh cost spread over
 T = 200 steps. Memory: optimizer-state bytes per parameter (every weight here but the norms is
 projected), measured with ``state_bytes`` and checked against ``estimate_state_bytes``.
@@ -52,6 +54,8 @@ def candidates(device, rank):
         base["AdamW (torch, foreach)"] = lambda ps: torch.optim.AdamW(ps, lr=1e-6, foreach=True)
     ours = {
         f"APOLLO r={rank}": lambda ps: Apollo(ps, lr=1e-6, rank=rank, update_proj_gap=4),
+        f"APOLLO r={rank}, cached P": lambda ps: Apollo(ps, lr=1e-6, rank=rank, update_proj_gap=4,
+                                                        cache_projection=True),
         f"APOLLO r={rank // 2}": lambda ps: Apollo(ps, lr=1e-6, rank=rank // 2, update_proj_gap=4),
         "APOLLO-Mini": lambda ps: ApolloMini(ps, lr=1e-6, update_proj_gap=4),
         f"GaLore r={rank // 2}": lambda ps: GaLore(ps, lr=1e-6, rank=rank // 2, update_proj_gap=4),
@@ -62,11 +66,33 @@ def candidates(device, rank):
         "Lion": lambda ps: Lion(ps, lr=1e-6),
     }
     specs = {f"APOLLO r={rank}": {"name": "apollo", "rank": rank},
+             f"APOLLO r={rank}, cached P": {"name": "apollo", "rank": rank, "cache_projection": True},
              f"APOLLO r={rank // 2}": {"name": "apollo", "rank": rank // 2}, "APOLLO-Mini": "apollo-mini",
              f"GaLore r={rank // 2}": {"name": "galore", "rank": rank // 2}, "FRUGAL random rho=.25": "frugal",
              "FRUGAL columns rho=.25": {"name": "frugal", "proj_type": "columns"},
              "FRUGAL blocks rho=.25": {"name": "frugal", "proj_type": "blocks"}, "LAMB": "lamb", "Lion": "lion"}
-    return base, ours, specs
+    return base, {**ours, **official_apollo(rank)}, specs
+
+
+def official_apollo(rank):
+    """The official ``apollo-torch`` package's APOLLO and APOLLO-Mini, when it is installed (an optional
+    comparison only: its licence is non-commercial; ``pip install apollo-torch bitsandbytes``)."""
+    try:
+        from apollo_torch import APOLLOAdamW
+    except ImportError:
+        print("apollo-torch is not installed: no official-package rows (pip install apollo-torch bitsandbytes)")
+        return {}
+
+    def make(r, scale_type, scale):
+        def build(ps):
+            low = [p for p in ps if p.dim() == 2]
+            rest = [p for p in ps if p.dim() != 2]
+            return APOLLOAdamW([{"params": rest},
+                                {"params": low, "rank": r, "proj": "random", "proj_type": "std",
+                                 "scale_type": scale_type, "scale": scale, "update_proj_gap": 4}], lr=1e-6)
+        return build
+
+    return {f"apollo-torch r={rank}": make(rank, "channel", 1.0), "apollo-torch Mini": make(1, "tensor", 128.0)}
 
 
 def timed(opt, device):
@@ -124,14 +150,15 @@ def main():
     # the bound of the issue: APOLLO's moments are r / min(m, n) of AdamW's, per projected weight
     r = args.rank
     low = [p for p in params if p.dim() == 2]
-    moments = estimate_state_bytes(low, {"name": "apollo", "rank": r, "cache_projection": False,
-                                         "norm_growth_limit": None})
+    adamw_low = estimate_state_bytes(low, "adamw")
+    moments = estimate_state_bytes(low, {"name": "apollo", "rank": r, "norm_growth_limit": None})
     bound = sum(8 * p.numel() * min(r, *p.shape) / min(p.shape) for p in low)
-    mini = estimate_state_bytes(low, "apollo-mini") / estimate_state_bytes(low, "adamw")
+    default = estimate_state_bytes(low, {"name": "apollo", "rank": r})
+    cached = estimate_state_bytes(low, {"name": "apollo", "rank": r, "cache_projection": True})
+    mini = estimate_state_bytes(low, "apollo-mini") / adamw_low
     print(f"\nprojected weights only: APOLLO r={r} moments = {moments / bound:.3f} x the r/min(m,n) bound "
-          f"({moments / estimate_state_bytes(low, 'adamw'):.4f} of AdamW; + cached P and 1 limiter norm per weight: "
-          f"{estimate_state_bytes(low, {'name': 'apollo', 'rank': r}) / estimate_state_bytes(low, 'adamw'):.4f}); "
-          f"APOLLO-Mini all-in = {100 * mini:.2f}% of AdamW")
+          f"({moments / adamw_low:.4f} of AdamW); all state (+ 1 limiter norm per weight) {default / adamw_low:.4f}; "
+          f"with cached P {cached / adamw_low:.4f}; APOLLO-Mini all-in = {100 * mini:.3f}% of AdamW")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from workbench.optim import Apollo, ApolloMini, Frugal, GaLore, Lamb, Lion, ZeroOrderSGD
+from workbench.optim.apollo import gaussian_projection
+from workbench.optim.rng import counter_normal
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -20,8 +22,19 @@ def _grads(t, device, dtype=torch.float64):
     return [torch.randn(s, generator=g, dtype=dtype).to(device) for s in SHAPES]
 
 
+def test_counter_normal_is_bit_identical_on_cuda():
+    keys = [0, 5, (1 << 63) + 11, (1 << 64) - 1]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        cpu = counter_normal(keys, 100_003, dtype=dtype)
+        gpu = counter_normal(keys, 100_003, dtype=dtype, device="cuda")
+        assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    assert torch.equal(gaussian_projection(9, (256, 4096), 256, device="cuda").cpu(),
+                       gaussian_projection(9, (256, 4096), 256))
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: Apollo(ps, rank=4, update_proj_gap=2),
+    lambda ps: Apollo(ps, rank=4, update_proj_gap=2, cache_projection=True),
     lambda ps: ApolloMini(ps, update_proj_gap=2),
     lambda ps: Frugal(ps, update_proj_gap=2),
     lambda ps: Frugal(ps, proj_type="columns", update_proj_gap=2),

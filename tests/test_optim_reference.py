@@ -43,9 +43,9 @@ SHAPES = [(12, 6), (12, 6), (5, 9), (7,)]     # two same-shape (one bucket), one
 
 
 class RefApollo:
-    def __init__(self, p, lr, rank, scale_type, scale, betas, eps, wd, limit):
+    def __init__(self, p, lr, rank, scale_type, scale, betas, eps, wd, limit, bias="moments"):
         self.p, self.lr, self.rank, self.scale_type, self.alpha = p.detach().clone(), lr, rank, scale_type, math.sqrt(scale)
-        self.betas, self.eps, self.wd, self.limit = betas, eps, wd, limit
+        self.betas, self.eps, self.wd, self.limit, self.bias = betas, eps, wd, limit, bias
         self.m = self.v = None
         self.prev = None
         self.limited = self.unlimited = 0
@@ -57,6 +57,10 @@ class RefApollo:
         if self.m is None:
             self.m, self.v = torch.zeros_like(R), torch.zeros_like(R)
         self.m, self.v, Rt = adam_ref(self.m, self.v, R, self.betas, self.eps, t)
+        step_size = self.lr
+        if self.bias == "step":     # the official code: m / (sqrt(v) + eps) raw, the correction in the step size
+            Rt = self.m / (self.v.sqrt() + self.eps)
+            step_size = self.lr * math.sqrt(1 - self.betas[1] ** t) / (1 - self.betas[0] ** t)
         if self.scale_type == "channel":
             d = 1 if tall else 0          # channels of the larger side
             s = Rt.norm(dim=d) / (R.norm(dim=d) + 1e-8)
@@ -72,7 +76,7 @@ class RefApollo:
             elif self.prev is not None:
                 self.unlimited += 1
             self.prev = Gt.norm()
-        self.p = self.p - self.lr * Gt
+        self.p = self.p - step_size * Gt
         self.p = self.p - self.lr * self.wd * self.p
 
 
@@ -81,6 +85,8 @@ class RefApollo:
     (Apollo, dict(rank=3, scale_type="channel", scale=1.0)),
     (Apollo, dict(rank=4, scale_type="tensor", scale=2.0, norm_growth_limit=None)),
     (ApolloMini, dict()),
+    (ApolloMini, dict(bias_correction="step")),
+    (Apollo, dict(rank=3, scale_type="channel", scale=1.0, bias_correction="step")),
 ])
 def test_apollo_matches_reference(cls, kw, stack):
     params = make_params(SHAPES)
@@ -89,7 +95,7 @@ def test_apollo_matches_reference(cls, kw, stack):
     opt.stack_gradients = stack
     g0 = opt.param_groups[0]
     refs = [RefApollo(p, hp["lr"], g0["rank"], g0["scale_type"], g0["scale"], hp["betas"], hp["eps"],
-                      hp["weight_decay"], g0["norm_growth_limit"]) for p in params[:3]]
+                      hp["weight_decay"], g0["norm_growth_limit"], g0["bias_correction"]) for p in params[:3]]
     vec = params[3].detach().clone().requires_grad_()          # the 1-D parameter: plain AdamW
     adamw = torch.optim.AdamW([vec], lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], weight_decay=hp["weight_decay"])
     seen = {}

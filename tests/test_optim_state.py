@@ -140,6 +140,7 @@ BAD = [
     (Apollo, dict(update_proj_gap=0), "update_proj_gap"), (Apollo, dict(eps=-1e-8), "eps"),
     (Apollo, dict(weight_decay=-0.1), "weight_decay"), (Apollo, dict(norm_growth_limit=0.5), "norm_growth_limit"),
     (Apollo, dict(seed=-1), "seed"), (Apollo, dict(lr=float("nan")), "lr"),
+    (Apollo, dict(bias_correction="lr"), "bias_correction"), (Apollo, dict(cache_projection=1), "cache_projection"),
     (ApolloMini, dict(scale=-128.0), "scale"),
     (GaLore, dict(rank=0), "rank"), (GaLore, dict(scale=0.0), "scale"),
     (Frugal, dict(rho=0.0), "rho"), (Frugal, dict(rho=1.5), "rho"), (Frugal, dict(proj_type="svd"), "proj_type"),
@@ -255,8 +256,9 @@ def test_state_bytes_matches_estimate_on_a_model():
 
 def test_uncached_projection_gives_the_same_steps_with_less_memory():
     a_params, b_params = fresh(), fresh()
-    a = Apollo(a_params, rank=3, update_proj_gap=3)
-    b = Apollo(b_params, rank=3, update_proj_gap=3, cache_projection=False)
+    a = Apollo(a_params, rank=3, update_proj_gap=3, cache_projection=True)
+    b = Apollo(b_params, rank=3, update_proj_gap=3)             # the default: P regenerated, not held
+    assert b.param_groups[0]["cache_projection"] is False
     run(a, a_params, range(5))
     run(b, b_params, range(5))
     for p, q in zip(a_params, b_params):
@@ -272,11 +274,13 @@ def test_memory_ratios_for_llama_7b_projected_weights():
     low = {k: v for k, v in shapes.items() if "layers" in k and len(v) == 2}
     adam = estimate_state_bytes(low, "adamw")
     r = 256
-    apollo = estimate_state_bytes(low, {"name": "apollo", "rank": r})
-    moments_only = estimate_state_bytes(low, {"name": "apollo", "rank": r, "cache_projection": False,
-                                              "norm_growth_limit": None})
+    apollo = estimate_state_bytes(low, {"name": "apollo", "rank": r, "cache_projection": True})
+    moments_only = estimate_state_bytes(low, {"name": "apollo", "rank": r, "norm_growth_limit": None})
     bound = sum(8 * math.prod(s) * r / min(s) for s in low.values())      # r/min(m, n) of AdamW's, per weight
-    assert moments_only <= bound
+    assert moments_only == bound                                          # exactly, since r divides nothing here
+    default = estimate_state_bytes(low, {"name": "apollo", "rank": r})   # + one limiter norm per weight
+    assert default - moments_only == 4 * len(low)
+    assert r / 4096 < default / adam < r / 4096 * (1 + 1e-6)            # 4 bytes per 64-128 MiB of moments
     limiter_and_cache = apollo - moments_only
     assert limiter_and_cache == sum(4 * (r * min(s) + 1) for s in low.values())
     assert estimate_state_bytes(low, "apollo-mini") < 0.01 * adam
@@ -290,7 +294,7 @@ def test_memory_ratios_for_llama_7b_projected_weights():
 
 def test_state_bytes_counts_views_once_and_cached_projections():
     params = fresh()
-    opt = Apollo(params, rank=3)
+    opt = Apollo(params, rank=3, cache_projection=True)
     run(opt, params, range(1))
     # moments of the two (16, 8) weights live in one stacked buffer: counted once, projections counted too
     expect = 0
@@ -363,3 +367,17 @@ def test_bucket_chunking_does_not_change_the_result(name):
         results.append(params)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_state_bytes_finds_tensors_inside_objects_in_the_state():
+    class Projector:                                    # as some libraries keep in optimizer state
+        def __init__(self):
+            self.matrix = torch.zeros(4, 8)
+            self.seed = 3
+            self.me = self                              # cycles are fine
+
+    w = torch.nn.Parameter(torch.zeros(8, 8))
+    opt = torch.optim.SGD([w], lr=0.1)
+    opt.state[w]["projector"] = Projector()
+    opt.state[w]["momentum_buffer"] = torch.zeros(8, 8)
+    assert state_bytes(opt) == 4 * (4 * 8 + 8 * 8)

@@ -4,8 +4,9 @@ For each projected 2-D weight ``G`` (m x n) with rank ``r = min(rank, m, n)``:
 
 1. project with a random ``P ~ N(0, 1)/sqrt(r)``: ``R = G P^T`` (P is r x n) if m >= n, else
    ``R = P^T G`` (P is m x r). ``P`` is redrawn every ``update_proj_gap`` steps from
-   ``(seed, parameter index, refresh count)`` on a CPU generator, so it is the same on CPU and CUDA,
-   on every DDP rank and after a resume, and it is never saved;
+   ``(seed, parameter index, refresh count)`` by a counter-based generator that runs on the
+   parameter's device with integer arithmetic (:func:`workbench.optim.rng.counter_normal`), so it
+   is bit-identical on CPU and CUDA, on every DDP rank and after a resume, and it is never saved;
 2. Adam moments on ``R`` (bias-corrected): ``Rt = m_hat / (sqrt(v_hat) + eps)``;
 3. scaling factors: per channel of the larger side ``s_j = ||Rt_j|| / (||R_j|| + 1e-8)``
    (``scale_type="channel"``) or one per tensor ``s = ||Rt|| / (||R|| + 1e-8)`` (``"tensor"``);
@@ -23,11 +24,11 @@ attention/MLP weights (embeddings, head and norms then get AdamW), as in the pap
 
 State per projected weight: ``exp_avg``/``exp_avg_sq`` (the shape of ``R``: ``2 r max(m, n)``
 numbers, exactly ``r / min(m, n)`` of AdamW's two moments), ``gt_norm`` (the limiter's previous
-norm, one number) and ``step``. The current ``P`` (``r min(m, n)`` numbers) is not state (never
-saved) but by default it is kept between refreshes (``cache_projection=True``, counted by
-:func:`workbench.optim.state_bytes`); ``cache_projection=False`` redraws it on the CPU at every step
-instead, trading that memory for CPU time (fine for APOLLO-Mini's rank 1, slow for rank 256 on
-large models).
+norm, one number) and ``step``. ``P`` is not state: by default it is regenerated on the device at
+every step (a dozen elementwise kernels over ``r min(m, n)`` numbers, cheap next to the projection
+matmul), so nothing but the moments is held. ``cache_projection=True`` keeps the current ``P``
+between refreshes instead (``r min(m, n)`` more numbers per weight, counted by
+:func:`workbench.optim.state_bytes`), which saves CPU time on large models.
 
 Example:
     >>> import torch
@@ -51,15 +52,19 @@ import math
 
 import torch
 
-from ._base import (ProjectedOptimizer, adam_direction, check_choice, check_int, check_range, cpu_generator,
-                    derive_seed, to_device, update_moments)
+from ._base import (ProjectedOptimizer, adam_direction, check_choice, check_int, check_range, derive_seed,
+                    update_moments)
+from .rng import counter_normal
 
 __all__ = ["Apollo", "ApolloMini", "gaussian_projection"]
 
 
-def gaussian_projection(seed: int, shape: tuple[int, int], rank: int) -> torch.Tensor:
-    """``N(0, 1)/sqrt(rank)`` matrix of ``shape`` from a CPU generator seeded with ``seed`` (float32, CPU)."""
-    return torch.randn(shape, generator=cpu_generator(seed), dtype=torch.float32).div_(math.sqrt(rank))
+def gaussian_projection(seed: int, shape: tuple[int, int], rank: int, *, dtype: torch.dtype = torch.float32,
+                        device=None) -> torch.Tensor:
+    """``N(0, 1)/sqrt(rank)`` matrix of ``shape`` for ``seed``, the same bits on every device
+    (values rounded to float32, then cast to ``dtype``). See :func:`workbench.optim.rng.counter_normal`."""
+    return counter_normal([seed], shape[0] * shape[1], scale=1 / math.sqrt(rank), dtype=dtype,
+                          device=device).view(shape)
 
 
 class Apollo(ProjectedOptimizer):
@@ -76,17 +81,23 @@ class Apollo(ProjectedOptimizer):
         betas, eps, weight_decay: as AdamW (0.9, 0.999), 1e-6, 0.
         norm_growth_limit: Fira's limiter ratio (1.01); None switches it off.
         seed: base seed of the projections (0); keep it equal on every DDP rank.
-        cache_projection: keep ``P`` between refreshes (True) or redraw it every step (False).
+        cache_projection: redraw ``P`` on the device at every step (False: no memory for it) or
+            keep it between refreshes (True: ``r min(m, n)`` numbers per weight, less compute).
+        bias_correction: ``"moments"`` (REFERENCE.md: ``Rt`` from the bias-corrected moments, so the
+            limiter compares corrected norms) or ``"step"`` (the official code: ``Rt = m / (sqrt(v) + eps)``
+            from the raw moments, the limiter sees those norms, and the correction
+            ``sqrt(1 - beta2^t) / (1 - beta1^t)`` multiplies the step). The two differ only through
+            the limiter (and eps); ``benchmarks/optim_quality.py --ablations`` compares them.
     """
 
     def __init__(self, params, lr: float = 1e-2, rank: int | None = 256, scale_type: str = "channel",
                  scale: float = 1.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
-                 cache_projection: bool = True):
+                 cache_projection: bool = False, bias_correction: str = "moments"):
         defaults = dict(lr=lr, rank=rank, scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
                         betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, norm_growth_limit=norm_growth_limit, seed=seed,
-                        cache_projection=cache_projection)
+                        cache_projection=cache_projection, bias_correction=bias_correction)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict) -> None:
@@ -95,6 +106,7 @@ class Apollo(ProjectedOptimizer):
         check_choice("scale_type", group["scale_type"], ("channel", "tensor"))
         check_range("scale", group["scale"], 0.0, low_open=True)
         check_range("norm_growth_limit", group["norm_growth_limit"], 1.0, allow_none=True)
+        check_choice("bias_correction", group["bias_correction"], ("moments", "step"))
         if not isinstance(group["cache_projection"], bool):
             raise ValueError(f"cache_projection must be True or False, got {group['cache_projection']!r}")
 
@@ -107,16 +119,16 @@ class Apollo(ProjectedOptimizer):
         return (r, n, r, tall) if tall else (m, r, r, tall)
 
     def _projections(self, key, group: dict, index: list[int], shape, step: int, like: torch.Tensor):
-        """The stacked ``[B, *P.shape]`` projections for this step, cached until the next refresh."""
+        """The stacked ``[B, *P.shape]`` projections for this step (kept until the next refresh if
+        the group caches them)."""
         pm, pn, r, _ = self._proj_shape(shape, group["rank"])
         refresh = (step - 1) // group["update_proj_gap"]
         tag = (tuple(index), refresh, r, group["seed"], like.dtype, like.device)
         cached = self._caches.get(key)
         if cached is not None and cached[0] == tag:
             return cached[1]
-        mats = torch.stack([gaussian_projection(derive_seed(group["seed"], i, refresh), (pm, pn), r)
-                            for i in index])
-        P = to_device(mats, like.device, like.dtype)
+        P = counter_normal([derive_seed(group["seed"], i, refresh) for i in index], pm * pn,
+                           scale=1 / math.sqrt(r), dtype=like.dtype, device=like.device).view(len(index), pm, pn)
         if group["cache_projection"]:
             self._caches[key] = (tag, P)
         else:
@@ -134,8 +146,8 @@ class Apollo(ProjectedOptimizer):
         check_int("step", step, 1)
         pm, pn, r, _ = self._proj_shape(param.shape, group["rank"])
         refresh = (step - 1) // group["update_proj_gap"]
-        P = gaussian_projection(derive_seed(group["seed"], i, refresh), (pm, pn), r)
-        return P.to(device=param.device, dtype=param.dtype)
+        return gaussian_projection(derive_seed(group["seed"], i, refresh), (pm, pn), r, dtype=param.dtype,
+                                   device=param.device)
 
     # ------------------------------------------------------------------ the update
     def _step_bucket(self, key, group, index, params, step):
@@ -151,7 +163,12 @@ class Apollo(ProjectedOptimizer):
         exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
         exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
         update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
-        Rt = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
+        if group["bias_correction"] == "step":      # as the official code: limiter sees uncorrected norms
+            Rt = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+            post = math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        else:
+            Rt = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
+            post = 1.0
 
         alpha = math.sqrt(group["scale"])
         if group["scale_type"] == "channel":
@@ -175,7 +192,7 @@ class Apollo(ProjectedOptimizer):
             shrink = torch.where((prev > 0) & (gt_norm > cap), cap / gt_norm.clamp_min(1e-30), 1.0)
             prev.copy_(gt_norm * shrink)
             factor = shrink.view(B, 1, 1) * alpha
-        scale = s * factor                                   # Gt = G * scale
+        scale = s * (factor * post)                          # Gt = G * scale
         lr, wd = group["lr"], group["weight_decay"]
         if G is not None:
             self._apply(params, G.mul_(scale), lr, wd)
@@ -192,7 +209,8 @@ class ApolloMini(Apollo):
     def __init__(self, params, lr: float = 1e-2, rank: int | None = 1, scale_type: str = "tensor",
                  scale: float = 128.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
-                 cache_projection: bool = True):
+                 cache_projection: bool = False, bias_correction: str = "moments"):
         super().__init__(params, lr=lr, rank=rank, scale_type=scale_type, scale=scale,
                          update_proj_gap=update_proj_gap, betas=betas, eps=eps, weight_decay=weight_decay,
-                         norm_growth_limit=norm_growth_limit, seed=seed, cache_projection=cache_projection)
+                         norm_growth_limit=norm_growth_limit, seed=seed, cache_projection=cache_projection,
+                         bias_correction=bias_correction)

@@ -40,15 +40,25 @@ __all__ = ["state_bytes", "estimate_state_bytes", "llama_shapes", "memory_table"
 
 
 # ---------------------------------------------------------------------- counting
-def _walk(x, out: list) -> None:
+def _walk(x, out: list, seen: set | None = None) -> None:
+    """Collect the tensors in ``x``: inside mappings, sequences and the attributes of plain objects
+    (e.g. a projector object that other libraries keep in the optimizer state)."""
+    seen = set() if seen is None else seen
     if isinstance(x, torch.Tensor):
         out.append(x)
-    elif isinstance(x, Mapping):
+        return
+    if id(x) in seen or isinstance(x, (str, bytes, int, float, bool, type, torch.nn.Module)) or x is None:
+        return
+    seen.add(id(x))
+    if isinstance(x, Mapping):
         for v in x.values():
-            _walk(v, out)
-    elif isinstance(x, (list, tuple)):
+            _walk(v, out, seen)
+    elif isinstance(x, (list, tuple, set)):
         for v in x:
-            _walk(v, out)
+            _walk(v, out, seen)
+    elif hasattr(x, "__dict__"):
+        for v in vars(x).values():
+            _walk(v, out, seen)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -147,7 +157,7 @@ def _lowrank_bytes(cls_name: str, o: dict, shape: tuple, item: int) -> int:
     if cls_name in ("Apollo", "ApolloMini", "GaLore"):
         r = min(o["rank"], m, n)
         extra = 1 if cls_name != "GaLore" and o.get("norm_growth_limit") is not None else 0
-        proj = r * min(m, n) if o.get("cache_projection", True) else 0
+        proj = r * min(m, n) if cls_name == "GaLore" or o["cache_projection"] else 0   # GaLore stores its P
         return (2 * r * max(m, n) + proj + extra) * item
     # Frugal
     kind, rho = o["proj_type"], o["rho"]
