@@ -5,7 +5,7 @@
 #     synchronisation inside step()) and the optimizer reference tests on that machine,
 #   - benchmarks/optim.py on CUDA: step time against AdamW(fused=True) at ~50M and ~400M parameters,
 #     with the official apollo-torch rows when that package (and bitsandbytes) can be imported.
-# Usage, from the repository root:  bash benchmarks/gpu_check.sh [RESULTS_DIR]     (about 4 minutes on an H100)
+# Usage, from the repository root:  bash benchmarks/gpu_check.sh [RESULTS_DIR]     (not yet run on a GPU: a few minutes expected)
 # Wheels in .whl/ (e.g. apollo-torch and bitsandbytes, see benchmarks/RESULTS.md) are installed to /tmp/site first.
 set -uo pipefail
 out=${1:-${OUT:-gpu-results}}
@@ -22,4 +22,5 @@ $py -m pytest -q -p no:cacheprovider tests/test_optim_cuda.py tests/test_optim_r
     2>&1 | tee "$out/tests.txt" || status=1
 (cd benchmarks && $py optim.py --device cuda --repeats 5) 2>&1 | tee "$out/optim_50m.txt" || status=1
 (cd benchmarks && $py optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5) 2>&1 | tee "$out/optim_400m.txt" || status=1
+(cd benchmarks && $py optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5 --tf32) 2>&1 | tee "$out/optim_400m_tf32.txt" || status=1
 exit $status

@@ -112,7 +112,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (3 steady steps + 1 refresh step)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                    help="time only the optimizers whose label contains one of these (case-insensitive; "
+                         "the AdamW baseline always runs), e.g. --only apollo")
+    ap.add_argument("--tf32", action="store_true",
+                    help="torch.set_float32_matmul_precision('high'): TF32 tensor cores for fp32 matmuls (the "
+                         "projections) on CUDA, as many training scripts set it")
     args = ap.parse_args()
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -120,8 +128,10 @@ def main():
     params = layer_stack(args.d, args.ffn, args.layers, device)
     n = sum(p.numel() for p in params)
     print(f"layer stack: {args.layers} layers, d {args.d}, ffn {args.ffn}: {n / 1e6:.1f}M parameters on {device}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, fp32 matmul precision {torch.get_float32_matmul_precision()}")
     base, ours, specs = candidates(device, args.rank)
+    if args.only:
+        ours = {k: v for k, v in ours.items() if any(t.lower() in k.lower() for t in args.only)}
     opts = {name: make(params) for name, make in {**base, **ours}.items()}
     steady = {name: [] for name in opts}
     refresh = {name: [] for name in opts}

@@ -194,12 +194,11 @@ class Apollo(ProjectedOptimizer):
             factor = shrink.view(B, 1, 1) * alpha
         scale = s * (factor * post)                          # Gt = G * scale
         lr, wd = group["lr"], group["weight_decay"]
-        if G is not None:
-            self._apply(params, G.mul_(scale), lr, wd)
-        else:
-            torch._foreach_addcmul_(params, grads, list(scale.unbind(0)), value=-lr)
-            if wd != 0:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
+        # p -= lr * G * scale in one pass over each weight (no scaled copy of G), then decoupled decay
+        torch._foreach_addcmul_(params, list(G.unbind(0)) if G is not None else grads, list(scale.unbind(0)),
+                                value=-lr)
+        if wd != 0:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
 
 
 class ApolloMini(Apollo):
