@@ -121,6 +121,41 @@ def test_apollo_matches_reference(cls, kw, stack):
         assert sum(r.limited for r in refs) > 0 and sum(r.unlimited for r in refs) > 0   # both branches ran
 
 
+@pytest.mark.parametrize("scale_type,scale,rank", [("channel", 1.0, 3), ("tensor", 128.0, 1)])
+@pytest.mark.parametrize("limit", [True, False])
+def test_apollo_bias_correction_step_equals_the_official_package(scale_type, scale, rank, limit):
+    """With ``bias_correction="step"`` the update is the official ``apollo-torch`` code's, given the same P
+    (its projector is handed ours). Optional: runs only where that package is installed (non-commercial
+    licence, never a dependency)."""
+    apollo_torch = pytest.importorskip("apollo_torch")
+    from apollo_torch import random_projector
+
+    shapes = [(12, 6), (5, 9)]
+    init = make_params(shapes)
+    grads = grads_for(shapes, 6, growth=0.3)
+    ours_p = [torch.nn.Parameter(x.detach().clone()) for x in init]
+    theirs_p = [torch.nn.Parameter(x.detach().clone()) for x in init]
+    ours = Apollo(ours_p, lr=0.02, rank=rank, scale_type=scale_type, scale=scale, update_proj_gap=100,
+                  betas=(0.9, 0.99), eps=1e-6, bias_correction="step", norm_growth_limit=1.01 if limit else None)
+    P = {tuple(p.shape): ours.projection(p, step=1) for p in ours_p}
+    patch = pytest.MonkeyPatch()
+    patch.setattr(random_projector.GradientProjector, "get_orthogonal_matrix",
+                  lambda self, w, r, type, seed: P[tuple(w.shape)].clone())
+    try:
+        theirs = apollo_torch.APOLLOAdamW(
+            [{"params": theirs_p, "rank": rank, "proj": "random", "proj_type": "std", "scale_type": scale_type,
+              "scale": scale, "update_proj_gap": 100}], lr=0.02, betas=(0.9, 0.99), eps=1e-6, disable_nl=not limit)
+        for t in range(6):
+            for a, b, g in zip(ours_p, theirs_p, grads[t]):
+                a.grad, b.grad = g.clone(), g.clone()
+            ours.step()
+            theirs.step()
+    finally:
+        patch.undo()
+    for a, b in zip(ours_p, theirs_p):        # its limiter divides by (prev + 1e-8): a 1e-7 relative difference
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=1e-9)
+
+
 def test_apollo_projection_is_gaussian_and_device_dtype_independent():
     w32 = torch.nn.Parameter(torch.zeros(4096, 512))
     w64 = torch.nn.Parameter(torch.zeros(4096, 512, dtype=DT))
