@@ -670,8 +670,129 @@ def _continual_table(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- optim
+def _add_optim(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("optim", help="optimizer memory tables and side-by-side training comparisons",
+                       description="Memory-efficient optimizers (workbench.optim): estimate optimizer-state "
+                                   "memory for a model or a LLaMA shape, or train the same model with several "
+                                   "optimizers and tabulate final loss, step time and state bytes.")
+    osub = p.add_subparsers(dest="optim_cmd", required=True, metavar="{memory,compare}")
+    m = osub.add_parser("memory", help="estimated optimizer-state memory, paper-style (no model is allocated "
+                                       "for --llama)")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--llama", default=None, metavar="SIZE",
+                     help="LLaMA shapes: 60m, 130m, 350m, 1b or 7b (default 7b)")
+    src.add_argument("--model", default=None, metavar="PRESET", help="a workbench model preset, e.g. tiny")
+    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the optimizer state (default float32)")
+    m.add_argument("--rank", type=int, default=None,
+                   help="rank of the APOLLO and GaLore rows (default: the papers' 7B ranks, 256 and 1024; for a "
+                        "small model use about a quarter of its width, e.g. --rank 32 for tiny)")
+    m.add_argument("--json", default=None, metavar="OUT", help="also write the table to OUT as JSON")
+    m.set_defaults(func=_optim_memory)
+    c = osub.add_parser(
+        "compare", help="train the same model with each optimizer and print a table",
+        description="Train one fresh copy of the model per optimizer (same initialisation, data order and "
+                    "schedule shape; each its own peak LR) and print final train/val loss, step time and "
+                    "optimizer-state bytes. OPTIMIZER is NAME[:KEY=VALUE,...], e.g. adamw:lr=3e-3 "
+                    "apollo:lr=1e-2,rank=32 apollo-mini:lr=1e-2; values are read as JSON when they parse "
+                    "(1e-2, 32, true, null), else as text.")
+    c.add_argument("optimizers", nargs="+", metavar="OPTIMIZER")
+    c.add_argument("--model", default="tiny")
+    c.add_argument("--data", default="stdlib", help="a built-in corpus name (default stdlib)")
+    c.add_argument("--steps", type=int, default=150)
+    c.add_argument("--schedule", default="cosine")
+    c.add_argument("--warmup-steps", type=int, default=None, help="default: a tenth of the steps, at most 10")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--seq-len", type=int, default=64)
+    c.add_argument("--max-tokens", type=int, default=300_000, help="tokens of the corpus to load (0: all)")
+    c.add_argument("--eval-interval", type=int, default=0, help="steps between validation losses (0: the end)")
+    c.add_argument("--target-val-loss", type=float, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--csv", default=None, metavar="OUT", help="also write the table to OUT")
+    c.add_argument("--history", default=None, metavar="OUT.jsonl",
+                   help="also write every run's per-step events, one JSON line each with its 'optimizer' label")
+    c.set_defaults(func=_optim_compare)
+
+
+def _optimizer_arg(text: str) -> tuple[str, dict]:
+    """``NAME[:KEY=VALUE,...]`` -> (name, kwargs); values parsed as JSON when they parse."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise ValueError(f"optimizer {text!r} has no name; write NAME[:KEY=VALUE,...], e.g. apollo:lr=1e-2,rank=32")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"optimizer {text!r}: {item!r} is not KEY=VALUE (e.g. lr=1e-2)")
+        try:
+            kwargs[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip().replace("-", "_")] = value
+    return name, kwargs
+
+
+def _optim_memory(args: argparse.Namespace) -> int:
+    import torch
+
+    from workbench.files import atomic_write_text
+    from workbench.optim import llama_shapes, memory_table
+    from workbench.optim.memory import DEFAULT_TABLE_SPECS
+
+    if args.model:
+        from workbench.models import build_model
+
+        what, source = f"model preset {args.model!r}", build_model(args.model)
+    else:
+        size = args.llama or "7b"
+        what, source = f"LLaMA-{size} shapes", llama_shapes(size)
+    if args.rank is not None and args.rank < 1:
+        raise ValueError(f"--rank must be >= 1, got {args.rank}")
+
+    def with_rank(label: str, spec):          # the APOLLO and GaLore rows at --rank
+        if args.rank is None or not (isinstance(spec, dict) and "rank" in spec):
+            return label, spec
+        return label.replace(f"r={spec['rank']}", f"r={args.rank}"), {**spec, "rank": args.rank}
+
+    specs = dict(with_rank(label, spec) for label, spec in DEFAULT_TABLE_SPECS.items())
+    table = memory_table(source, specs, dtype=getattr(torch, args.dtype))
+    print(f"optimizer state for {what}, {args.dtype} state")
+    print(table.to_string())
+    if args.json:
+        atomic_write_text(args.json, table.to_json(orient="index", indent=1))
+    return 0
+
+
+def _optim_compare(args: argparse.Namespace) -> int:
+    from workbench.files import atomic_write_text
+    from workbench.optim import compare_optimizers
+
+    specs = {}
+    for text in args.optimizers:
+        if text in specs:
+            raise ValueError(f"optimizer {text!r} is given twice")
+        specs[text] = _optimizer_arg(text)
+    warmup = min(10, args.steps // 10) if args.warmup_steps is None else args.warmup_steps
+    table = compare_optimizers(specs, model=args.model, data=args.data, steps=args.steps, schedule=args.schedule,
+                               warmup_steps=warmup, batch_size=args.batch_size, seq_len=args.seq_len,
+                               max_tokens=args.max_tokens or None, eval_interval=args.eval_interval,
+                               target_val_loss=args.target_val_loss, seed=args.seed, device=args.device,
+                               progress=True)
+    cols = ["optimizer", "lr", "final_train_loss", "final_val_loss", "step_time_ms", "state_bytes",
+            "state_bytes_per_param"] + (["step_to_target"] if args.target_val_loss is not None else [])
+    print(table[cols].to_string(float_format="{:.4g}".format))
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv(index_label="label"))
+    if args.history:
+        lines = [json.dumps({"optimizer": label, **event}) for label, events in table.attrs["history"].items()
+                 for event in events]
+        atomic_write_text(args.history, "\n".join(lines) + "\n")
+    return 0
+
+
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
-            _add_angles, _add_select, _add_serve, _add_continual]
+            _add_angles, _add_select, _add_serve, _add_continual, _add_optim]
 
 
 def build_parser() -> argparse.ArgumentParser:
