@@ -20,7 +20,7 @@ fi
 status=0
 $py -m pytest -q -p no:cacheprovider tests/test_optim_cuda.py tests/test_optim_reference.py tests/test_optim_rng.py \
     2>&1 | tee "$out/tests.txt" || status=1
-(cd benchmarks && $py optim.py --device cuda --repeats 5) 2>&1 | tee "$out/optim_50m.txt" || status=1
-(cd benchmarks && $py optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5) 2>&1 | tee "$out/optim_400m.txt" || status=1
-(cd benchmarks && $py optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5 --tf32) 2>&1 | tee "$out/optim_400m_tf32.txt" || status=1
+$py benchmarks/optim.py --device cuda --repeats 5 2>&1 | tee "$out/optim_50m.txt" || status=1
+$py benchmarks/optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5 2>&1 | tee "$out/optim_400m.txt" || status=1
+$py benchmarks/optim.py --device cuda --d 2048 --ffn 5504 --layers 8 --repeats 5 --tf32 2>&1 | tee "$out/optim_400m_tf32.txt" || status=1
 exit $status
