@@ -71,6 +71,10 @@ def candidates(device, rank):
              f"GaLore r={rank // 2}": {"name": "galore", "rank": rank // 2}, "FRUGAL random rho=.25": "frugal",
              "FRUGAL columns rho=.25": {"name": "frugal", "proj_type": "columns"},
              "FRUGAL blocks rho=.25": {"name": "frugal", "proj_type": "blocks"}, "LAMB": "lamb", "Lion": "lion"}
+    if device.type == "cuda":       # bf16 tensor cores for the projection (a CPU without them: much slower)
+        ours[f"APOLLO r={rank}, bf16 projection"] = lambda ps: Apollo(ps, lr=1e-6, rank=rank, update_proj_gap=4,
+                                                                      proj_dtype="bfloat16")
+        specs[f"APOLLO r={rank}, bf16 projection"] = {"name": "apollo", "rank": rank, "proj_dtype": "bfloat16"}
     return base, {**ours, **official_apollo(rank)}, specs
 
 

@@ -88,16 +88,19 @@ class Apollo(ProjectedOptimizer):
             from the raw moments, the limiter sees those norms, and the correction
             ``sqrt(1 - beta2^t) / (1 - beta1^t)`` multiplies the step). The two differ only through
             the limiter (and eps); ``benchmarks/optim_quality.py --ablations`` compares them.
+        proj_dtype: dtype of the projection ``R = G P^T`` (None: the parameter's; e.g. ``"bfloat16"``
+            runs that matmul on bf16 tensor cores and stacks the gradients at half the bytes on a
+            GPU; the moments, norms and the update stay in the parameter's dtype).
     """
 
     def __init__(self, params, lr: float = 1e-2, rank: int | None = 256, scale_type: str = "channel",
                  scale: float = 1.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
-                 cache_projection: bool = False, bias_correction: str = "moments"):
+                 cache_projection: bool = False, bias_correction: str = "moments", proj_dtype: str | None = None):
         defaults = dict(lr=lr, rank=rank, scale_type=scale_type, scale=scale, update_proj_gap=update_proj_gap,
                         betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
                         weight_decay=weight_decay, norm_growth_limit=norm_growth_limit, seed=seed,
-                        cache_projection=cache_projection, bias_correction=bias_correction)
+                        cache_projection=cache_projection, bias_correction=bias_correction, proj_dtype=proj_dtype)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict) -> None:
@@ -107,6 +110,7 @@ class Apollo(ProjectedOptimizer):
         check_range("scale", group["scale"], 0.0, low_open=True)
         check_range("norm_growth_limit", group["norm_growth_limit"], 1.0, allow_none=True)
         check_choice("bias_correction", group["bias_correction"], ("moments", "step"))
+        check_choice("proj_dtype", group["proj_dtype"], (None, "float32", "float64", "bfloat16", "float16"))
         if not isinstance(group["cache_projection"], bool):
             raise ValueError(f"cache_projection must be True or False, got {group['cache_projection']!r}")
 
@@ -118,17 +122,17 @@ class Apollo(ProjectedOptimizer):
         tall = m >= n
         return (r, n, r, tall) if tall else (m, r, r, tall)
 
-    def _projections(self, key, group: dict, index: list[int], shape, step: int, like: torch.Tensor):
+    def _projections(self, key, group: dict, index: list[int], shape, step: int, device, dtype):
         """The stacked ``[B, *P.shape]`` projections for this step (kept until the next refresh if
         the group caches them)."""
         pm, pn, r, _ = self._proj_shape(shape, group["rank"])
         refresh = (step - 1) // group["update_proj_gap"]
-        tag = (tuple(index), refresh, r, group["seed"], like.dtype, like.device)
+        tag = (tuple(index), refresh, r, group["seed"], dtype, device)
         cached = self._caches.get(key)
         if cached is not None and cached[0] == tag:
             return cached[1]
         P = counter_normal([derive_seed(group["seed"], i, refresh) for i in index], pm * pn,
-                           scale=1 / math.sqrt(r), dtype=like.dtype, device=like.device).view(len(index), pm, pn)
+                           scale=1 / math.sqrt(r), dtype=dtype, device=device).view(len(index), pm, pn)
         if group["cache_projection"]:
             self._caches[key] = (tag, P)
         else:
@@ -157,9 +161,17 @@ class Apollo(ProjectedOptimizer):
         _, _, r, tall = self._proj_shape(shape, group["rank"])
         beta1, beta2 = group["betas"]
         grads = [p.grad for p in params]
-        G = torch.stack(grads) if self._stacking(p0.device) else None       # [B, m, n], a copy we own
-        P = self._projections(key, group, index, shape, step, p0)
-        R = self._project(grads, P, tall, G)                                # [B, m, r] or [B, r, n]
+        pdtype = getattr(torch, group["proj_dtype"]) if group["proj_dtype"] else p0.dtype
+        low = pdtype != p0.dtype                     # project in another dtype (e.g. bf16 tensor cores)
+        G = None                                     # [B, m, n] stacked gradients, a copy we own
+        if self._stacking(p0.device):
+            G = torch.stack(grads) if not low else torch.empty((B, *shape), dtype=pdtype, device=p0.device)
+            if low:
+                for row, g in zip(G, grads):         # converted while copied: one pass
+                    row.copy_(g)
+        P = self._projections(key, group, index, shape, step, p0.device, pdtype)
+        R = self._project([g.to(pdtype) for g in grads] if low and G is None else grads, P, tall, G)
+        R = R.to(p0.dtype)                                                  # [B, m, r] or [B, r, n]
         exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
         exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
         update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
@@ -175,13 +187,13 @@ class Apollo(ProjectedOptimizer):
             dim = -1 if tall else -2                     # the channels of the larger side
             s = torch.linalg.vector_norm(Rt, dim=dim, keepdim=True) / (
                 torch.linalg.vector_norm(R, dim=dim, keepdim=True) + 1e-8)
-            channel = (torch.linalg.vector_norm(G, dim=dim, keepdim=True) if G is not None else   # ||G_j||
+            channel = (torch.linalg.vector_norm(G, dim=dim, keepdim=True, dtype=p0.dtype) if G is not None else
                        torch.stack([torch.linalg.vector_norm(g, dim=dim, keepdim=True) for g in grads]))
             gt_norm = torch.linalg.vector_norm(s * channel, dim=(-2, -1)) * alpha  # ||Gt||, [B]
         else:
             s = torch.linalg.vector_norm(Rt, dim=(-2, -1), keepdim=True) / (
                 torch.linalg.vector_norm(R, dim=(-2, -1), keepdim=True) + 1e-8)
-            g_norm = (torch.linalg.vector_norm(G, dim=(-2, -1)) if G is not None else
+            g_norm = (torch.linalg.vector_norm(G, dim=(-2, -1), dtype=p0.dtype) if G is not None else
                       torch.stack(torch._foreach_norm(grads)))
             gt_norm = s.view(B) * g_norm * alpha
         factor = alpha
@@ -195,8 +207,8 @@ class Apollo(ProjectedOptimizer):
         scale = s * (factor * post)                          # Gt = G * scale
         lr, wd = group["lr"], group["weight_decay"]
         # p -= lr * G * scale in one pass over each weight (no scaled copy of G), then decoupled decay
-        torch._foreach_addcmul_(params, list(G.unbind(0)) if G is not None else grads, list(scale.unbind(0)),
-                                value=-lr)
+        torch._foreach_addcmul_(params, list(G.unbind(0)) if G is not None and not low else grads,
+                                list(scale.unbind(0)), value=-lr)
         if wd != 0:
             torch._foreach_mul_(params, 1.0 - lr * wd)
 
@@ -208,8 +220,8 @@ class ApolloMini(Apollo):
     def __init__(self, params, lr: float = 1e-2, rank: int | None = 1, scale_type: str = "tensor",
                  scale: float = 128.0, update_proj_gap: int = 200, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, norm_growth_limit: float | None = 1.01, seed: int = 0,
-                 cache_projection: bool = False, bias_correction: str = "moments"):
+                 cache_projection: bool = False, bias_correction: str = "moments", proj_dtype: str | None = None):
         super().__init__(params, lr=lr, rank=rank, scale_type=scale_type, scale=scale,
                          update_proj_gap=update_proj_gap, betas=betas, eps=eps, weight_decay=weight_decay,
                          norm_growth_limit=norm_growth_limit, seed=seed, cache_projection=cache_projection,
-                         bias_correction=bias_correction)
+                         bias_correction=bias_correction, proj_dtype=proj_dtype)

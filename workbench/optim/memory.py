@@ -158,7 +158,8 @@ def _lowrank_bytes(cls_name: str, o: dict, shape: tuple, item: int) -> int:
         r = min(o["rank"], m, n)
         extra = 1 if cls_name != "GaLore" and o.get("norm_growth_limit") is not None else 0
         proj = r * min(m, n) if cls_name == "GaLore" or o["cache_projection"] else 0   # GaLore stores its P
-        return (2 * r * max(m, n) + proj + extra) * item
+        proj_item = getattr(torch, o["proj_dtype"]).itemsize if o.get("proj_dtype") else item
+        return (2 * r * max(m, n) + extra) * item + proj * proj_item
     # Frugal
     kind, rho = o["proj_type"], o["rho"]
     from .frugal import Frugal
