@@ -53,6 +53,7 @@ def test_cpu_and_cuda_take_the_same_steps(make):
 
 @pytest.mark.parametrize("make", [
     lambda ps: Apollo(ps, rank=4, update_proj_gap=3),
+    lambda ps: Apollo(ps, rank=4, update_proj_gap=3, proj_dtype="bfloat16"),
     lambda ps: ApolloMini(ps, update_proj_gap=3),
     lambda ps: GaLore(ps, rank=4, update_proj_gap=100),       # its SVD (refresh steps only) does sync
     lambda ps: Frugal(ps, update_proj_gap=3),
