@@ -726,10 +726,11 @@ def _optimizer_arg(text: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ValueError(f"optimizer {text!r}: {item!r} is not KEY=VALUE (e.g. lr=1e-2)")
+        key = key.strip().replace("-", "_")
         try:
-            kwargs[key.strip().replace("-", "_")] = json.loads(value)
+            kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
-            kwargs[key.strip().replace("-", "_")] = value
+            kwargs[key] = value
     return name, kwargs
 
 
