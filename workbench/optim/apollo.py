@@ -164,11 +164,12 @@ class Apollo(ProjectedOptimizer):
         pdtype = getattr(torch, group["proj_dtype"]) if group["proj_dtype"] else p0.dtype
         low = pdtype != p0.dtype                     # project in another dtype (e.g. bf16 tensor cores)
         G = None                                     # [B, m, n] stacked gradients, a copy we own
-        if self._stacking(p0.device):
-            G = torch.stack(grads) if not low else torch.empty((B, *shape), dtype=pdtype, device=p0.device)
-            if low:
-                for row, g in zip(G, grads):         # converted while copied: one pass
-                    row.copy_(g)
+        if self._stacking(p0.device) and not low:
+            G = torch.stack(grads)
+        elif self._stacking(p0.device):
+            G = torch.empty((B, *shape), dtype=pdtype, device=p0.device)
+            for row, g in zip(G, grads):             # converted while copied: one pass
+                row.copy_(g)
         P = self._projections(key, group, index, shape, step, p0.device, pdtype)
         R = self._project([g.to(pdtype) for g in grads] if low and G is None else grads, P, tall, G)
         R = R.to(p0.dtype)                                                  # [B, m, r] or [B, r, n]
