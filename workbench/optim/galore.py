@@ -8,6 +8,11 @@ vectors (``P`` is m x r, ``R = P^T G``). Adam (bias-corrected) on ``R`` gives
 ``p -= lr * scale * back(N)``, then ``p -= lr * weight_decay * p``. The moments are kept across
 projection refreshes, as in the paper's code. Other parameters get plain AdamW.
 
+``bias_correction="step"`` follows the official ``galore-torch`` code instead: ``N = m / (sqrt(v) + eps)``
+from the raw moments and the correction ``sqrt(1 - beta2^t) / (1 - beta1^t)`` in the step size (as
+Hugging Face's old AdamW). The two differ only through where ``eps`` sits (``eps`` vs
+``eps * sqrt(1 - beta2^t)``); with ``eps = 0`` they are the same update.
+
 ``P`` depends on the gradient, so unlike APOLLO it is part of the state (``projector``) and is
 saved. The SVD runs on the stacked gradients of same-shape weights at once (in float32); it is the
 one place where a CUDA run waits for the device (``torch.linalg.svd`` checks convergence), and only
@@ -25,9 +30,11 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._base import ProjectedOptimizer, adam_direction, check_int, check_range, update_moments
+from ._base import ProjectedOptimizer, adam_direction, check_choice, check_int, check_range, update_moments
 
 __all__ = ["GaLore"]
 
@@ -42,19 +49,22 @@ def _svd(G: torch.Tensor):
 
 class GaLore(ProjectedOptimizer):
     """GaLore-AdamW. Defaults: lr 1e-2, rank 128, scale 0.25, update_proj_gap 200,
-    betas (0.9, 0.999), eps 1e-6, weight_decay 0. A group with ``rank=None`` gets plain AdamW."""
+    betas (0.9, 0.999), eps 1e-6, weight_decay 0, bias_correction ``"moments"`` (``"step"``: the
+    official package's placement of the bias correction). A group with ``rank=None`` gets plain AdamW."""
 
     def __init__(self, params, lr: float = 1e-2, rank: int | None = 128, update_proj_gap: int = 200,
-                 scale: float = 0.25, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+                 scale: float = 0.25, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 bias_correction: str = "moments"):
         defaults = dict(lr=lr, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
                         betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
-                        weight_decay=weight_decay, seed=0)
+                        weight_decay=weight_decay, seed=0, bias_correction=bias_correction)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict) -> None:
         self._check_common(group)
         check_int("rank", group["rank"], 1, allow_none=True)
         check_range("scale", group["scale"], 0.0, low_open=True)
+        check_choice("bias_correction", group.get("bias_correction", "moments"), ("moments", "step"))
 
     def _step_bucket(self, key, group, index, params, step):
         p0 = params[0]
@@ -73,8 +83,12 @@ class GaLore(ProjectedOptimizer):
         exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
         exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
         update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
-        N = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
         step_size = group["lr"] * group["scale"]
+        if group.get("bias_correction", "moments") == "step":   # as the official code (old states lack the key)
+            N = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+            step_size *= math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        else:
+            N = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
         if self._stacking(p0.device):
             update = torch.bmm(N, proj) if tall else torch.bmm(proj, N)
             self._apply(params, update, step_size, 0.0)
