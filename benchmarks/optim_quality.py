@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sweep", action="store_true", help="also run every optimizer on one log-space LR grid")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="with --sweep: skip the default-LR runs (e.g. to extend an earlier grid)")
     ap.add_argument("--grid", type=float, nargs=3, default=[1e-3, 1e-1, 5], metavar=("LO", "HI", "N"),
                     help="the sweep's grid: N log-spaced LRs from LO to HI (default 1e-3 1e-1 5)")
     args = ap.parse_args()
@@ -113,7 +115,7 @@ def main():
     ratios, losses = {}, {}
     for seed in args.seeds:
         t0 = time.perf_counter()
-        todo = specs(args.rank, args.ablations)
+        todo = {} if args.sweep and args.sweep_only else specs(args.rank, args.ablations)
         same = {}                                        # sweep label -> the default run it equals
         if args.sweep:
             for label, spec in sweep_specs(args.rank, grid).items():
@@ -126,7 +128,7 @@ def main():
                                 warmup_steps=max(10, args.steps // 15), batch_size=args.batch_size,
                                 seq_len=args.seq_len, max_tokens=None, eval_interval=args.steps,
                                 eval_batches=16, seed=seed)
-        base = df.loc["AdamW", "final_val_loss"]
+        base = df.loc["AdamW", "final_val_loss"] if "AdamW" in df.index else float("nan")
         print(f"seed {seed} ({time.perf_counter() - t0:.0f} s)")
         print(f"  {'optimizer':40s} {'val loss':>9s} {'vs AdamW':>9s} {'step ms':>8s}")
         for label, twin in same.items():                 # grid points that are a default run: its result
