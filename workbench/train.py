@@ -103,6 +103,7 @@ _TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 _WORKBENCH_OPTIMIZERS = ("apollo", "apollo-mini", "galore", "frugal", "lamb", "lion")
 _OPTIMIZERS = _TORCH_OPTIMIZERS + _WORKBENCH_OPTIMIZERS
 _CLOSURE_OPTIMIZERS = ("zero-order", "zo", "mezo", "zeroordersgd")   # need a closure: not trainable here
+_now = time.monotonic         # the wall clock of checkpoint_minutes (tests replace it)
 
 
 def _optimizer_name(spec: str) -> str:
@@ -494,7 +495,7 @@ class Trainer:
         if self.stop_step > self.schedule.total_steps:
             warnings.warn(f"steps={self.stop_step} is past the schedule's horizon "
                           f"({self.schedule.total_steps}); the LR holds its final value after it",
-                          stacklevel=2)
+                          stacklevel=3)
 
         tok = get_tokenizer(cfg.tokenizer)     # one object for both splits and the vocab size
         if isinstance(train_data, BlockLoader) or _is_batch_source(train_data):
@@ -590,7 +591,7 @@ class Trainer:
                 self._checkpointed_step = self.step
             else:
                 warnings.warn(f"{self.run_dir}: no checkpoint yet, so the run restarts from step 0 "
-                              f"(its log is appended to)", stacklevel=2)
+                              f"(its log is appended to)", stacklevel=3)
         if self.run_dir is not None and self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             write_json_atomic(os.path.join(self.run_dir, CONFIG_FILE),
@@ -624,7 +625,7 @@ class Trainer:
     def _control(self, last_checkpoint: float) -> tuple[bool, bool]:
         """``(stop, checkpoint by time)``, the same on every rank (one small all-reduce under DDP)."""
         minutes = self.config.checkpoint_minutes
-        due = bool(minutes) and self.run_dir is not None and time.monotonic() - last_checkpoint >= 60 * minutes
+        due = bool(minutes) and self.run_dir is not None and _now() - last_checkpoint >= 60 * minutes
         stop = self.stop_event.is_set()
         if self.world_size > 1:
             import torch.distributed as dist
@@ -878,7 +879,7 @@ class Trainer:
         self.status = "running"
         finished = False
         clock = time.perf_counter()   # train time not yet counted starts here
-        last_checkpoint = time.monotonic()
+        last_checkpoint = _now()
         stop_agreed = False           # under DDP every rank stops at the same step
         self.interrupted_by = None
         signal_token = interrupts.register(self._interrupt)
@@ -925,7 +926,7 @@ class Trainer:
                 if (every and self.step % every == 0) or time_due:
                     self.train_time += time.perf_counter() - clock
                     self.save_checkpoint()
-                    last_checkpoint = time.monotonic()
+                    last_checkpoint = _now()
                     clock = time.perf_counter()        # nor is checkpointing
             else:
                 self.status = "completed"
