@@ -317,19 +317,27 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kw = dict(config.optimizer_kwargs)
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    import inspect
+
+    known = set(inspect.signature(cls).parameters) - {"params", "lr"}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"optimizer {name!r} does not take {', '.join(map(repr, unknown))} in optimizer_kwargs; "
+                         f"it takes {', '.join(sorted(known))}")
     if name == "adamw":
         kw.setdefault("betas", (0.9, 0.95))
-        kw["betas"] = tuple(kw["betas"])
         fused_ok = all(p.is_cuda and p.is_floating_point() for p in params)
         if fused_ok:
             kw.setdefault("fused", True)
-        return torch.optim.AdamW(groups, lr=config.lr, **kw)
-    if name == "adam":
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        return torch.optim.Adam(groups, lr=config.lr, **kw)
-    kw.setdefault("momentum", 0.9)
-    return torch.optim.SGD(groups, lr=config.lr, **kw)
+    if name == "sgd":
+        kw.setdefault("momentum", 0.9)
+    if isinstance(kw.get("betas"), list):       # config.json stores tuples as lists
+        kw["betas"] = tuple(kw["betas"])
+    try:
+        return cls(groups, lr=config.lr, **kw)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"optimizer {name!r} refused optimizer_kwargs {kw}: {exc}") from None
 
 
 def _refuse_closure_only(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
