@@ -71,7 +71,7 @@ def test_schedule_from_dict_returns_a_schedule_or_raises_value_error(spec):
     assert schedule_from_dict(json.loads(json.dumps(s.to_dict()))).to_dict() == s.to_dict()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=specs, out=st.sampled_from(["lr.csv", ".", "missing/dir/lr.csv", "lr.png", "lr.html", "x"]),
        cmd=st.sampled_from(["export", "plot"]), raw=st.one_of(st.none(), st.binary(max_size=40)))
 def test_schedule_cli_never_shows_a_traceback(capsys, spec, out, cmd, raw):
@@ -128,7 +128,7 @@ def fast_trainer(monkeypatch):
     monkeypatch.setattr(tr.Trainer, "run", lambda self: self._write_summary())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(flags=st.dictionaries(st.sampled_from(sorted(_TRAIN_FLAGS)), st.none(), max_size=6).flatmap(
            lambda d: st.fixed_dictionaries({k: _TRAIN_FLAGS[k] for k in d})),
        spec=valid_specs, resume=st.booleans())
