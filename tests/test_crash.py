@@ -98,6 +98,14 @@ def _finish(p, conn, timeout=120):
     assert p.exitcode == 0, f"exit {p.exitcode}: {msgs}"
 
 
+def _temp_dirs(run_dir):
+    """(name, inode) of the checkpoint temp directories: a new one means a kill while checkpointing."""
+    cdir = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(cdir):
+        return set()
+    return {(f, os.stat(os.path.join(cdir, f)).st_ino) for f in os.listdir(cdir) if f.startswith(".tmp-step")}
+
+
 def _weights(run_dir):
     return load_file(os.path.join(run_dir, "model.safetensors"))
 
@@ -116,6 +124,7 @@ def test_kill9_at_random_instants_always_resumable_and_bit_exact(tmp_path, forks
         chains += 1
         run_dir = str(tmp_path / f"chain{chains}")
         while True:
+            temps_before = _temp_dirs(run_dir)
             p, conn = _start(forkserver, run_dir)
             if kills >= KILLS:                        # the budget is spent: let this chain finish
                 _finish(p, conn)
@@ -135,8 +144,7 @@ def test_kill9_at_random_instants_always_resumable_and_bit_exact(tmp_path, forks
             if p.exitcode == -signal.SIGKILL:
                 kills += 1
                 phases[phase] += 1
-                cdir = os.path.join(run_dir, "checkpoints")
-                if os.path.isdir(cdir) and any(f.startswith(".tmp-step") for f in os.listdir(cdir)):
+                if _temp_dirs(run_dir) - temps_before:
                     phases["mid-checkpoint"] += 1             # killed while writing a checkpoint
                 # after any kill the run directory names a complete checkpoint or none at all
                 latest = ckpt.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
