@@ -320,3 +320,29 @@ def test_checkpoint_by_wall_time(tmp_path, monkeypatch):
     monkeypatch.setattr(t, "save_checkpoint", lambda *a: (steps_at_save.append(t.step), real_save(*a)))
     t.run()
     assert steps_at_save == [3, 6, 8]    # 12 min after steps 3 and 6 (>= 10), then the end
+
+
+def test_signal_stops_background_runs_like_a_server_would(tmp_path):
+    """`workbench serve` trains in threads: the main thread's handler stops every run, each with a checkpoint."""
+    from workbench import interrupts
+
+    train_blocks, val_blocks = _blocks()
+    started = threading.Event()
+    trainers = [Trainer(_config(str(tmp_path / f"r{i}"), steps=10_000, checkpoint_interval=0, checkpoint_minutes=0,
+                                schedule="cosine"),
+                        train_data=train_blocks, val_data=val_blocks, callbacks=[lambda e: started.set()])
+                for i in range(2)]
+    with interrupts.stop_on_signals(message=False):
+        threads = [threading.Thread(target=t.run) for t in trainers]
+        for th in threads:
+            th.start()
+        assert started.wait(120)
+        while interrupts.active_runs() < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupts.wait_for_runs(timeout=120)
+    for th, t in zip(threads, trainers):
+        th.join(30)
+        assert t.status == "interrupted" and t.interrupted_by == "SIGTERM" and 0 < t.step < 10_000
+        state = torch.load(os.path.join(ckpt.latest_checkpoint(t.run_dir), ckpt.STATE_FILE), weights_only=True)
+        assert state["step"] == t.step

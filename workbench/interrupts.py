@@ -93,8 +93,7 @@ def stop_on_signals(message: bool = True) -> Iterator[None]:
     def handler(signum, frame):
         name = signal.Signals(signum).name
         if _state["received"] is not None:           # the second signal: abort now
-            for s, h in previous.items():
-                signal.signal(s, h)
+            _restore(previous)
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             signal.raise_signal(signum)
@@ -112,6 +111,10 @@ def stop_on_signals(message: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        _restore(previous)
         _state["depth"], _state["received"] = 0, None
+
+
+def _restore(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)   # None: a handler installed from C

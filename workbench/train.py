@@ -73,6 +73,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import os
 import random
@@ -318,8 +319,6 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
     groups = [g for g in groups if g["params"]]
     kw = dict(config.optimizer_kwargs)
     cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
-    import inspect
-
     known = set(inspect.signature(cls).parameters) - {"params", "lr"}
     unknown = sorted(set(kw) - known)
     if unknown:
