@@ -255,6 +255,12 @@ def test_directory_as_output_or_spec(tmp_path, capsys):
     one_line_error(code, err, "is a directory; give the SPEC.json file")
     code, err = cli(capsys, "schedule", "plot", spec, "-o", tmp_path)
     one_line_error(code, err, str(tmp_path))
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"index": 0, "score": 1.0}\n{"index": 1, "score": 2.0}\n')
+    code, err = cli(capsys, "select", "--scores", scores, "--top", 0.5, "--out", tmp_path)
+    one_line_error(code, err, f"{tmp_path}: is a directory")
+    code, err = cli(capsys, "select", "--scores", tmp_path, "--top", 0.5, "--out", tmp_path / "top.json")
+    one_line_error(code, err, f"{tmp_path}: is a directory")
 
 
 def test_lrs_refuses_a_huge_array_before_allocating():
