@@ -175,3 +175,32 @@ def test_sparsity_diff_cli_never_shows_a_traceback(capsys, a, b, suffix, extra):
             warnings.simplefilter("ignore")
             code, err = _run(["sparsity", "diff", *paths, *extra], capsys)
     _ok_or_one_line(code, err)
+
+
+log_lines = st.dictionaries(st.sampled_from(["step", "loss", "val_loss", "time", "tokens", "score", "index"]),
+                            atoms, max_size=5).map(json.dumps)
+
+
+@settings(max_examples=int(os.environ.get("H18_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(st.one_of(values.map(json.dumps), log_lines, st.text(max_size=20)), max_size=5),
+       top=st.sampled_from(["0.5", "1", "0", "-1", "2", "nan", "x", "3"]),
+       field=st.sampled_from([None, "score", "index", "nope"]),
+       cmd=st.sampled_from(["select", "runs"]))
+def test_select_and_runs_show_never_show_a_traceback(capsys, lines, top, field, cmd):
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "log.jsonl")
+        with open(p, "w") as f:
+            f.write("\n".join(lines))
+        if cmd == "select":
+            argv = ["select", "--scores", p, "--top", top, "--out", os.path.join(d, "top.json")]
+            argv += ["--field", field] if field else []
+        else:                  # a run directory whose files are random: runs show reads them
+            for name in ("summary.json", "config.json"):
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(lines[0] if lines else "")
+            argv = ["runs", "show", d]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code, err = _run(argv, capsys)
+    _ok_or_one_line(code, err)

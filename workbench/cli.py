@@ -175,6 +175,8 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
 def _fmt(value, kind: str = "") -> str:
     if value is None:
         return "-"
+    if kind and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return str(value)[:40]          # a hand-edited summary.json: show it as it is
     if kind == "int":
         return f"{int(value):,}"
     if kind == "time":

@@ -998,6 +998,11 @@ def resume(run_dir: str | os.PathLike, *, steps: int | None = None, callbacks: I
     return trainer.run()
 
 
+def _number(v):
+    """``v`` if it is a plain number (not a bool), else None: fields of hand-edited run files."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def run_summary(run_dir: str | os.PathLike) -> dict:
     """The summary of the run in ``run_dir``: its ``summary.json``, or, for a run still going or
     killed before writing one, a summary rebuilt from ``log.jsonl`` (``status`` ``"incomplete"``).
@@ -1016,12 +1021,17 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     records = read_run_log(log_path, dedupe=True) if os.path.exists(log_path) else []
     if os.path.exists(path):
         summary = read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: not a run summary (a JSON object); delete it and run_summary rebuilds one "
+                             f"from {LOG_FILE}")
         # stale if the run was resumed past it (and is still going, or was killed)
-        if not records or records[-1]["step"] + 1 <= int(summary.get("steps") or 0):
+        if not records or records[-1]["step"] + 1 <= (_number(summary.get("steps")) or 0):
             return summary
     config = read_json(os.path.join(run_dir, CONFIG_FILE)) if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) else {}
-    target = config.get("target_val_loss")
-    vals = [(r["val_loss"], r) for r in records if r.get("val_loss") is not None]
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.path.join(run_dir, CONFIG_FILE)}: not a run configuration (a JSON object)")
+    target = _number(config.get("target_val_loss"))
+    vals = [(r["val_loss"], r) for r in records if _number(r.get("val_loss")) is not None]
     best = min(vals, key=lambda v: v[0]) if vals else None
     hit = next((r for v, r in vals if target is not None and v <= target), None)
     last = records[-1] if records else {}
@@ -1035,6 +1045,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         "target_val_loss": target, "time_to_target": hit["time"] if hit else None,
         "step_to_target": hit["step"] if hit else None, "tokens_to_target": hit.get("tokens") if hit else None,
         "train_time": last.get("time"),
-        "tokens_per_s": (last["tokens"] / last["time"]) if last.get("time") else None,
+        "tokens_per_s": (last["tokens"] / last["time"]) if _number(last.get("time")) and _number(last.get("tokens"))
+        is not None else None,
         "parameters": None, "device": None, "world_size": None,
     }
