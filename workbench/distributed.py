@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 __all__ = ["world", "init_distributed", "transformer_blocks", "shard_model", "is_sharded", "global_norm",
-           "save_sharded", "load_sharded", "export_safetensors", "full_state_dict", "PARALLEL_MODES"]
+           "save_sharded", "load_sharded", "export_safetensors", "full_state_dict", "save_run_checkpoint",
+           "load_run_checkpoint", "latest_checkpoint", "PARALLEL_MODES", "CHECKPOINT_DIR"]
+
+#: sharded checkpoints of a run: ``RUN/checkpoints/step-N/`` (DCP shards + ``.metadata`` + ``state.pt``),
+#: ``RUN/checkpoints/latest`` (the name of the last complete one), written ``.tmp-step-N`` then renamed
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest"
+STATE_FILE = "state.pt"
 
 #: what ``TrainConfig.parallel`` accepts ("auto": DDP under torchrun, else one process)
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
@@ -132,9 +139,11 @@ def _state_dict_options(full: bool = False):
     return StateDictOptions(full_state_dict=full, cpu_offload=full)
 
 
-def save_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write model (+ optimizer) state to the directory ``path`` with DCP: every rank its own shards,
-    rank 0 the metadata. Called by every rank; ``path`` must be on a file system all ranks see."""
+def save_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 extra: dict | None = None) -> None:
+    """Write model (+ optimizer, + ``extra``: a dict of tensors/DTensors) to the directory ``path``
+    with DCP: every rank its own shards, rank 0 the metadata. Called by every rank; ``path`` must
+    be on a file system all ranks see."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
@@ -143,12 +152,15 @@ def save_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: tor
         state = {"model": msd, "optimizer": osd}
     else:
         state = {"model": get_model_state_dict(model)}
+    if extra:
+        state["extra"] = extra
     dcp.save(state, checkpoint_id=os.fspath(path))
 
 
-def load_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Load what :func:`save_sharded` wrote into ``model`` (+ ``optimizer``), resharding to this run's
-    ranks: a checkpoint saved on 2 ranks loads on 1, 2 or 8 (or in a plain single process)."""
+def load_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 extra: dict | None = None) -> None:
+    """Load what :func:`save_sharded` wrote into ``model`` (+ ``optimizer``, + the tensors of ``extra``,
+    in place), resharding to this run's ranks: a checkpoint saved on 2 ranks loads on 1, 2 or 8."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                          set_model_state_dict, set_state_dict)
@@ -159,11 +171,11 @@ def load_sharded(path: str | os.PathLike, model: torch.nn.Module, optimizer: tor
                                 "written by workbench.distributed.save_sharded")
     if optimizer is not None:
         msd, osd = get_state_dict(model, optimizer)
-        state = {"model": msd, "optimizer": osd}
+        state = {"model": msd, "optimizer": osd, **({"extra": extra} if extra else {})}
         dcp.load(state, checkpoint_id=path)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     else:
-        state = {"model": get_model_state_dict(model)}
+        state = {"model": get_model_state_dict(model), **({"extra": extra} if extra else {})}
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(model, state["model"])
 
@@ -201,3 +213,101 @@ def export_safetensors(model: torch.nn.Module, path: str | os.PathLike, metadata
             state.pop(name, None)
     state = {k: v.contiguous() for k, v in state.items()}
     atomic_write(os.fspath(path), lambda p: save_file(state, p, metadata=metadata))
+
+
+# ---------------------------------------------------------------------- a run's checkpoints
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """The directory of the run's last complete sharded checkpoint (``checkpoints/step-N``), or None."""
+    root = os.path.join(os.fspath(run_dir), CHECKPOINT_DIR)
+    try:
+        with open(os.path.join(root, LATEST_FILE)) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return None
+    path = os.path.join(root, name)
+    if not (name.startswith("step-") and os.path.exists(os.path.join(path, ".metadata"))
+            and os.path.exists(os.path.join(path, STATE_FILE))):
+        raise ValueError(f"{root}/{LATEST_FILE} names {name!r}, which is not a complete checkpoint; point it "
+                         f"(a one-line text file) at one of the step-N directories there")
+    return path
+
+
+def save_run_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                        *, step: int, state: dict, extra: dict | None = None, keep: int = 2) -> str:
+    """Write one sharded checkpoint of a run as a unit; called by every rank. Returns its directory.
+
+    Every rank writes its DCP shards into ``checkpoints/.tmp-step-N``; after a barrier rank 0 adds
+    ``state.pt`` (``state``: plain tensors and numbers, loadable with ``weights_only=True``), renames
+    the directory to ``step-N`` and atomically points ``checkpoints/latest`` at it, then deletes all
+    but the ``keep`` newest. A crash at any moment leaves ``latest`` naming a complete checkpoint
+    (a leftover ``.tmp-step-N`` is ignored and replaced by the next save of that step).
+    """
+    from .files import atomic_write, atomic_write_text
+
+    root = os.path.join(os.fspath(run_dir), CHECKPOINT_DIR)
+    name = f"step-{int(step)}"
+    final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
+    if _rank() == 0:
+        import shutil
+
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+    _barrier()
+    save_sharded(tmp, model, optimizer, extra)
+    if _rank() == 0:
+        import shutil
+
+        atomic_write(os.path.join(tmp, STATE_FILE), lambda p: torch.save(state, p))
+        _fsync_dir(tmp)
+        if os.path.exists(final):          # the same step again (it holds the same state): keep the old one
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+            _fsync_dir(root)
+        atomic_write_text(os.path.join(root, LATEST_FILE), name + "\n")
+        steps = sorted((int(d[5:]) for d in os.listdir(root) if d.startswith("step-") and d[5:].isdigit()))
+        for old in steps[:-keep] if keep > 0 else []:
+            if old != int(step):
+                shutil.rmtree(os.path.join(root, f"step-{old}"), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_run_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                        extra: dict | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_run_checkpoint` (any number of ranks then and now);
+    returns its ``state.pt`` dict (read with ``weights_only=True``)."""
+    path = os.fspath(path)
+    state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+    load_sharded(path, model, optimizer, extra)
+    return state
+
+
+def read_checkpoint_state(path: str | os.PathLike) -> dict:
+    """The ``state.pt`` dict of a sharded checkpoint directory (no model needed)."""
+    return torch.load(os.path.join(os.fspath(path), STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:               # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
