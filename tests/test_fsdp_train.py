@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from workbench import schedules
+from workbench.checkpoint import step_dir_name
 from workbench.distributed import latest_checkpoint
 from workbench.runlog import read_run_log
 from workbench.train import TrainConfig, train
@@ -96,7 +97,7 @@ def test_resume_on_other_process_counts(runs, nproc):
     tmp, _ = runs
     run = tmp / f"resume{nproc}"
     shutil.copytree(tmp / "part", run)
-    assert latest_checkpoint(run).endswith("step-10")
+    assert latest_checkpoint(run).endswith(step_dir_name(10))
     workbench_train(nproc, "--resume", str(run), "--steps", str(STEPS), "--no-progress")
     resumed = read_run_log(run, dedupe=True)
     assert [r["step"] for r in resumed] == list(range(STEPS))
@@ -141,7 +142,7 @@ def test_kill_during_save_leaves_a_resumable_run(runs):
     step = int(os.path.basename(last)[5:])
     assert step < STEPS
     # whatever the kill hit, also leave a torn save of the next step behind, as a crash mid-write would
-    torn = ckpts / f".tmp-step-{step + 1}"
+    torn = ckpts / f".tmp-{step_dir_name(step + 1)}"
     torn.mkdir(exist_ok=True)
     (torn / "__0_0.distcp").write_bytes(b"\0" * 100)
     workbench_train(2, "--resume", str(run), "--no-progress")
@@ -149,4 +150,4 @@ def test_kill_during_save_leaves_a_resumable_run(runs):
     assert [r["step"] for r in resumed] == list(range(STEPS))
     assert_same_steps(resumed, read_run_log(tmp / "full"), range(STEPS))
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
-    assert latest_checkpoint(run).endswith(f"step-{STEPS}"), mid_save
+    assert latest_checkpoint(run).endswith(step_dir_name(STEPS)), mid_save

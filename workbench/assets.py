@@ -108,6 +108,8 @@ def make_assets(out: str | os.PathLike | None = None, *, runs: bool = True, pret
             src = Path(tmp) / name
             for f in ("model.safetensors", "state.pt"):  # the logs are the artefact, not the weights
                 (src / f).unlink(missing_ok=True)
+            shutil.rmtree(src / "checkpoints", ignore_errors=True)
+            (src / ".lock").unlink(missing_ok=True)
             _relocate(src, f"runs/{name}")
             dst = base / "runs" / name
             if dst.exists():

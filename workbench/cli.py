@@ -54,7 +54,8 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "optimizer_kwargs": "optimizer_kwargs",
     "batch_size": "batch_size", "seq_len": "seq_len", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_batches": "eval_batches",
-    "checkpoint_interval": "checkpoint_interval", "target_val_loss": "target_val_loss",
+    "checkpoint_interval": "checkpoint_interval", "checkpoint_minutes": "checkpoint_minutes",
+    "target_val_loss": "target_val_loss",
     "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile",
     "parallel": "parallel", "activation_checkpointing": "activation_checkpointing",
 }
@@ -75,9 +76,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (or --resume a run) into a run directory",
         description="Train a model with a learning-rate schedule. A run directory holds one run: "
-                    "config.json, log.jsonl (one line per step), model.safetensors + state.pt "
-                    "(the last checkpoint) and summary.json. Ctrl-C once stops after the current "
-                    "step with a checkpoint; --resume DIR continues it.")
+                    "config.json, log.jsonl (one line per step), checkpoints/ (the last checkpoint, "
+                    "written as one unit), model.safetensors (its weights) and summary.json. Ctrl-C or "
+                    "SIGTERM once stops after the current step with a checkpoint (twice: at once); "
+                    "--resume DIR continues it. One process at a time may train in a run directory.")
     p.add_argument("--run-dir", help="new directory for this run (must not hold a run already)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
                    "with its saved configuration (only --steps, --device, --compile may be given)")
@@ -101,7 +103,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off [1.0]")
     p.add_argument("--eval-interval", type=int, help="evaluate every N steps (and at the end) [100]")
     p.add_argument("--eval-batches", type=int, help="validation batches per evaluation [20]")
-    p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps (and at the end) [500]")
+    p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps (and at the end); 0: only "
+                   "by time [a tenth of --steps, at most 500]")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint after this much wall time; 0: off [10]")
     p.add_argument("--target-val-loss", type=float, help="report the train time until val loss reaches this")
     p.add_argument("--max-tokens", type=int, help="use only the first N tokens of the data")
     p.add_argument("--seed", type=int, help="seed for weights and data order [0]")
@@ -150,29 +154,18 @@ def _train(args: argparse.Namespace) -> int:
             schedule = schedules.load_schedule(schedule).to_dict()
         config = tr.TrainConfig(run_dir=args.run_dir, schedule=schedule, progress=not args.no_progress, **given)
     trainer = tr.Trainer(config, resume=bool(args.resume), stop_event=stop)
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: abort
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
-        stop.set()
-
-    previous = None
-    if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    try:   # SIGINT/SIGTERM: the trainer stops after its step with a checkpoint (workbench.interrupts)
         summary = trainer.run()
     except tr.TrainingDiverged as exc:
         print(f"workbench train: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if trainer.is_main:
         print(_format_runs([summary]))
-        if summary["status"] == "stopped" or summary["steps"] < summary["total_steps"]:
+        if summary["status"] in ("stopped", "interrupted") or summary["steps"] < summary["total_steps"]:
             print(f"continue with: workbench train --resume {config.run_dir}"
-                  + (" --steps N" if summary["status"] != "stopped" else ""))
+                  + (" --steps N" if summary["status"] == "completed" else ""), flush=True)
+    if trainer.interrupted_by:
+        return 128 + int(getattr(signal, trainer.interrupted_by))
     return 0
 
 
@@ -813,14 +806,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of a known error, on one line (an OSError names its file)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        what = {IsADirectoryError: "is a directory; give a file path",
+                NotADirectoryError: "a part of this path is not a directory",
+                PermissionError: "permission denied; choose a path you can write/read",
+                FileNotFoundError: "does not exist"}.get(type(exc), exc.strerror)
+        return f"{exc.filename}: {what}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def _known_errors() -> tuple:
+    from workbench.runlock import RunLocked
+
+    return (ValueError, OSError, RunLocked, OverflowError, MemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; known errors (bad input, a busy run dir, a bad file) print one line and return 2.
+
+    Anything else is a bug: one line saying so (``WORKBENCH_TRACEBACK=1`` shows the traceback), exit 1.
+    Ctrl-C outside a training run returns 130 without a traceback.
+    """
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("WORKBENCH_TRACEBACK"):
+            raise
+        if isinstance(exc, _known_errors()):
+            print(f"workbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"workbench {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug; "
+              "please report it - WORKBENCH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

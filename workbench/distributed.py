@@ -33,12 +33,8 @@ import torch
 
 __all__ = ["world", "init_distributed", "transformer_blocks", "shard_model", "is_sharded", "global_norm",
            "save_sharded", "load_sharded", "export_safetensors", "full_state_dict", "save_run_checkpoint",
-           "load_run_checkpoint", "latest_checkpoint", "PARALLEL_MODES", "CHECKPOINT_DIR"]
+           "load_run_checkpoint", "latest_checkpoint", "read_checkpoint_state", "PARALLEL_MODES"]
 
-#: sharded checkpoints of a run: ``RUN/checkpoints/step-N/`` (DCP shards + ``.metadata`` + ``state.pt``),
-#: ``RUN/checkpoints/latest`` (the name of the last complete one), written ``.tmp-step-N`` then renamed
-CHECKPOINT_DIR = "checkpoints"
-LATEST_FILE = "latest"
 STATE_FILE = "state.pt"
 
 #: what ``TrainConfig.parallel`` accepts ("auto": DDP under torchrun, else one process)
@@ -230,59 +226,39 @@ def _barrier() -> None:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
-    """The directory of the run's last complete sharded checkpoint (``checkpoints/step-N``), or None."""
-    root = os.path.join(os.fspath(run_dir), CHECKPOINT_DIR)
-    try:
-        with open(os.path.join(root, LATEST_FILE)) as f:
-            name = f.read().strip()
-    except FileNotFoundError:
-        return None
-    path = os.path.join(root, name)
-    if not (name.startswith("step-") and os.path.exists(os.path.join(path, ".metadata"))
-            and os.path.exists(os.path.join(path, STATE_FILE))):
-        raise ValueError(f"{root}/{LATEST_FILE} names {name!r}, which is not a complete checkpoint; point it "
-                         f"(a one-line text file) at one of the step-N directories there")
-    return path
+    """The run's latest checkpoint directory if it is a sharded (DCP) one, else None
+    (see :func:`workbench.checkpoint.latest_checkpoint` for the layout)."""
+    from .checkpoint import latest_checkpoint as latest
+
+    path = latest(run_dir)
+    return path if path is not None and os.path.exists(os.path.join(path, ".metadata")) else None
 
 
 def save_run_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                        *, step: int, state: dict, extra: dict | None = None, keep: int = 2) -> str:
+                        *, step: int, state: dict, extra: dict | None = None, keep: int = 1) -> str:
     """Write one sharded checkpoint of a run as a unit; called by every rank. Returns its directory.
 
-    Every rank writes its DCP shards into ``checkpoints/.tmp-step-N``; after a barrier rank 0 adds
-    ``state.pt`` (``state``: plain tensors and numbers, loadable with ``weights_only=True``), renames
-    the directory to ``step-N`` and atomically points ``checkpoints/latest`` at it, then deletes all
-    but the ``keep`` newest. A crash at any moment leaves ``latest`` naming a complete checkpoint
-    (a leftover ``.tmp-step-N`` is ignored and replaced by the next save of that step).
+    Rank 0 prepares ``checkpoints/.tmp-step-N`` (:func:`workbench.checkpoint.prepare_checkpoint`);
+    every rank writes its DCP shards into it and takes part in gathering the full weights, which
+    rank 0 writes there as ``model.safetensors`` with ``state.pt`` (``state``: plain tensors and
+    numbers, ``weights_only``-loadable); after a barrier rank 0 commits it
+    (:func:`workbench.checkpoint.commit_checkpoint`: fsync, rename to ``step-N``, atomic ``latest``
+    pointer, root ``model.safetensors`` export, older checkpoints deleted). A crash at any moment
+    leaves ``latest`` naming a complete checkpoint.
     """
-    from .files import atomic_write, atomic_write_text
+    from . import checkpoint as ckpt
+    from .files import atomic_write
 
-    root = os.path.join(os.fspath(run_dir), CHECKPOINT_DIR)
-    name = f"step-{int(step)}"
-    final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
+    tmp = os.path.join(os.fspath(run_dir), ckpt.CHECKPOINTS_DIR, ".tmp-" + ckpt.step_dir_name(step))
     if _rank() == 0:
-        import shutil
-
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
+        ckpt.prepare_checkpoint(run_dir, step)
     _barrier()
     save_sharded(tmp, model, optimizer, extra)
+    export_safetensors(model, os.path.join(tmp, ckpt.MODEL_FILE), metadata={"step": str(int(step))})
+    final = os.path.join(os.fspath(run_dir), ckpt.CHECKPOINTS_DIR, ckpt.step_dir_name(step))
     if _rank() == 0:
-        import shutil
-
         atomic_write(os.path.join(tmp, STATE_FILE), lambda p: torch.save(state, p))
-        _fsync_dir(tmp)
-        if os.path.exists(final):          # the same step again (it holds the same state): keep the old one
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-            _fsync_dir(root)
-        atomic_write_text(os.path.join(root, LATEST_FILE), name + "\n")
-        steps = sorted((int(d[5:]) for d in os.listdir(root) if d.startswith("step-") and d[5:].isdigit()))
-        for old in steps[:-keep] if keep > 0 else []:
-            if old != int(step):
-                shutil.rmtree(os.path.join(root, f"step-{old}"), ignore_errors=True)
+        final = ckpt.commit_checkpoint(run_dir, step, keep=keep, export=True)
     _barrier()
     return final
 
@@ -291,8 +267,7 @@ def load_run_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimiz
                         extra: dict | None = None) -> dict:
     """Load a checkpoint written by :func:`save_run_checkpoint` (any number of ranks then and now);
     returns its ``state.pt`` dict (read with ``weights_only=True``)."""
-    path = os.fspath(path)
-    state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+    state = read_checkpoint_state(path)
     load_sharded(path, model, optimizer, extra)
     return state
 
@@ -300,14 +275,3 @@ def load_run_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimiz
 def read_checkpoint_state(path: str | os.PathLike) -> dict:
     """The ``state.pt`` dict of a sharded checkpoint directory (no model needed)."""
     return torch.load(os.path.join(os.fspath(path), STATE_FILE), map_location="cpu", weights_only=True)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:               # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,6 +43,12 @@ __all__ = [
 ]
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "1-square", "exponential", "wsdsc")
+#: the longest horizon a schedule may have (far beyond any real run; refuses 1e12-step typos early)
+MAX_TOTAL_STEPS = 10**9
+#: ``lrs()`` refuses to allocate a per-step array longer than this (800 MB of float64)
+MAX_LRS_STEPS = 10**8
+#: how deeply ``join``/``rewarm`` dicts may nest in a SPEC
+MAX_SPEC_DEPTH = 32
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -62,8 +68,10 @@ def _check_number(name: str, value: Any, *, low: float | None = 0.0, high: float
 
 
 def _check_int(name: str, value: Any, *, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer():
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
             value = int(value)
         else:
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
@@ -84,7 +92,7 @@ def _check_lrs(peak_lr: Any, min_lr: Any) -> tuple[float, float]:
 
 
 def _check_warmup(warmup_steps: Any, total_steps: Any) -> tuple[int, int]:
-    total = _check_int("total_steps", total_steps, low=1)
+    total = _check_int("total_steps", total_steps, low=1, high=MAX_TOTAL_STEPS)
     warm = _check_int("warmup_steps", warmup_steps, low=0)
     if warm >= total:
         raise ValueError(f"warmup_steps must be in [0, total_steps={total}), got {warm}")
@@ -170,6 +178,10 @@ class Schedule:
         Schedules are immutable, so the horizon's array is computed once and kept; each call returns
         a fresh copy of it (a designer redraw asks several times; copying is ~100x cheaper).
         """
+        n = self.total_steps if total_steps is None else _check_int("total_steps", total_steps, low=1)
+        if n > MAX_LRS_STEPS:
+            raise ValueError(f"an LR array of {n:,} steps would take {8 * n / 2**30:.1f} GiB; evaluate the "
+                             f"schedule at the steps you need instead (sched(steps)); at most {MAX_LRS_STEPS:,}")
         if total_steps is None or total_steps == self.total_steps:
             cached = self.__dict__.get("_lrs_cache")
             if cached is None:
@@ -514,7 +526,8 @@ class Piecewise(Schedule):
         object.__setattr__(self, "points", tuple(zip(steps, lrs)))
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", steps[-1] + 1)
-        _check_int("total_steps", self.total_steps, low=1)
+        object.__setattr__(self, "total_steps", _check_int("total_steps", self.total_steps, low=1,
+                                                           high=MAX_TOTAL_STEPS))
 
     @property
     def peak_lr(self) -> float:
@@ -549,7 +562,7 @@ class Refined(Schedule):
         _check_number("window_fraction", self.window_fraction, low=0.0, high=1.0)
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", int(g.size))
-        _check_int("total_steps", self.total_steps, low=2)
+        _check_int("total_steps", self.total_steps, low=2, high=MAX_LRS_STEPS)
         object.__setattr__(self, "_table", _refine(g, int(self.total_steps), self.method,
                                                    float(self.window_fraction)) * float(self.peak_lr))
 
@@ -583,7 +596,8 @@ class Join(Schedule):
         scheds = tuple(s if isinstance(s, Schedule) else schedule_from_dict(s) for s in self.schedules)
         if not scheds:
             raise ValueError("join needs at least one schedule")
-        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1) for i, b in enumerate(self.boundaries))
+        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1, high=MAX_TOTAL_STEPS)
+                       for i, b in enumerate(self.boundaries))
         if len(bounds) != len(scheds) - 1:
             raise ValueError(f"join needs len(boundaries) == len(schedules) - 1, got {len(bounds)} "
                              f"boundaries for {len(scheds)} schedules")
@@ -638,7 +652,7 @@ class Rewarm(Schedule):
         prev = self.previous if isinstance(self.previous, Schedule) else schedule_from_dict(self.previous)
         object.__setattr__(self, "previous", prev)
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
-        n = _check_int("cycle_steps", self.cycle_steps, low=1)
+        n = _check_int("cycle_steps", self.cycle_steps, low=1, high=MAX_TOTAL_STEPS)
         w = _check_int("warmup_steps", self.warmup_steps, low=0)
         s = _check_int("stable_steps", self.stable_steps, low=0)
         if w + s >= n:
@@ -647,7 +661,7 @@ class Rewarm(Schedule):
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0; set min_lr or pick another decay shape")
         if self.start_step is not None:
-            _check_int("start_step", self.start_step, low=1)
+            _check_int("start_step", self.start_step, low=1, high=MAX_TOTAL_STEPS)
 
     @property
     def start(self) -> int:
@@ -843,24 +857,60 @@ def make(family: str, **kwargs) -> Schedule:
 
 
 def schedule_from_dict(d: dict) -> Schedule:
-    """Inverse of ``Schedule.to_dict()``."""
+    """Inverse of ``Schedule.to_dict()`` (the SPEC.json format); any bad input raises ``ValueError``.
+
+    Refused with a message saying what to fix: a missing or unknown family, unknown or missing
+    arguments, booleans or non-integers as steps, horizons over ``MAX_TOTAL_STEPS``, ``rewarm``
+    without ``previous``, ``piecewise`` points that are not ``[step, lr]`` pairs, ``join`` lists
+    of the wrong type and nesting deeper than ``MAX_SPEC_DEPTH``.
+
+    >>> schedule_from_dict({"family": "constant", "peak_lr": 0.1, "total_steps": True})
+    Traceback (most recent call last):
+    ...
+    ValueError: total_steps must be an integer number of steps, got True
+    """
+    return _from_dict(d, 0)
+
+
+def _from_dict(d: Any, depth: int) -> Schedule:
+    if depth > MAX_SPEC_DEPTH:
+        raise ValueError(f"the schedule nests join/rewarm more than {MAX_SPEC_DEPTH} levels deep; flatten it "
+                         "(one join takes any number of schedules)")
     if not isinstance(d, dict) or "family" not in d:
         raise ValueError("a schedule dict needs a 'family' key, e.g. {'family': 'cosine', 'peak_lr': 1e-3, ...}")
     kwargs = {k: v for k, v in d.items() if k != "family"}
     family = d["family"]
-    if family not in FAMILIES:
-        raise ValueError(f"unknown schedule family {family!r} in dict; choose one of {', '.join(sorted(FAMILIES))}")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"unknown schedule family {str(family)[:40]!r} in dict; choose one of "
+                         f"{', '.join(sorted(FAMILIES))}")
     if family == "join":
-        kwargs["schedules"] = [schedule_from_dict(s) for s in kwargs.get("schedules", [])]
+        scheds, bounds = kwargs.pop("schedules", None), kwargs.pop("boundaries", [])
+        if kwargs:
+            raise ValueError(f"bad arguments for schedule family 'join': unknown {sorted(kwargs)}; it takes "
+                             "schedules and boundaries")
+        if not isinstance(scheds, list) or not isinstance(bounds, list):
+            raise ValueError("join needs 'schedules' (a list of schedule dicts) and 'boundaries' (a list of steps)")
+        return join([_from_dict(s, depth + 1) for s in scheds], bounds)
     if family == "rewarm":
-        kwargs["previous"] = schedule_from_dict(kwargs["previous"])
+        if "previous" not in kwargs:
+            raise ValueError("rewarm needs 'previous': the schedule dict of the run it continues")
+        kwargs["previous"] = _from_dict(kwargs["previous"], depth + 1)
     if family == "piecewise":
-        kwargs["points"] = [tuple(p) for p in kwargs.get("points", [])]
-    if family in ("join",):
-        return join(kwargs.get("schedules", []), kwargs.get("boundaries", []))
+        points = kwargs.get("points")
+        if not (isinstance(points, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points)):
+            raise ValueError("piecewise needs 'points': a list of [step, lr] pairs, e.g. [[0, 0.001], [100, 0.0]]")
+        kwargs["points"] = [tuple(p) for p in points]
+    for key in ("milestones", "factors", "grad_norms"):
+        if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
+            raise ValueError(f"{family} needs {key!r} as a list of numbers, got {type(kwargs[key]).__name__}")
+        if key in kwargs and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kwargs[key]):
+            raise ValueError(f"{family}: every entry of {key!r} must be a number")
     if family == "rewarm":
         prev = kwargs.pop("previous")
-        return rewarm(prev, **kwargs)
+        try:
+            return rewarm(prev, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"bad arguments for schedule family 'rewarm': {exc}") from None
     try:
         return FAMILIES[family](**kwargs)
     except TypeError as exc:
@@ -880,8 +930,13 @@ def load_schedule(path: str | os.PathLike) -> Schedule:
     try:
         with open(path) as f:
             d = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); a SPEC.json is a schedule's to_dict()") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read; flatten the schedule (one join takes any "
+                         "number of schedules)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory; give the SPEC.json file") from None
     try:
         return schedule_from_dict(d)
     except ValueError as exc:

@@ -4,7 +4,9 @@ A run is configured by a :class:`TrainConfig` and lives in a run directory:
 
 * ``config.json``      - the configuration (the schedule as its ``to_dict()``), enough to resume;
 * ``log.jsonl``        - one JSON line per optimizer step, appended and flushed as it goes;
-* ``model.safetensors``, ``state.pt`` - the last checkpoint (see :mod:`workbench.checkpoint`);
+* ``checkpoints/step-N/`` - the last checkpoint, written as one unit (see :mod:`workbench.checkpoint`),
+  and ``model.safetensors``, an export of its weights for readers;
+* ``.lock``            - held by the one process training in it (see :mod:`workbench.runlock`);
 * ``summary.json``     - final/best losses, time to target, throughput (written at the end).
 
 Step convention: the event (and log line) with ``"step": t`` is emitted after the (t+1)-th
@@ -26,6 +28,13 @@ an evaluation also logs ``val_losses: {domain: loss}`` (every domain, each on it
 ``time`` the train wall-clock in seconds (evaluation, checkpointing and pauses excluded; it
 carries over a resume), ``tokens`` the tokens seen by all ranks, ``peak_mem`` bytes (CUDA max
 allocated, else the process's peak RSS), ``tokens_per_s`` this step's throughput.
+
+Checkpoints: every ``checkpoint_interval`` steps (default: a tenth of the run, at most 500),
+every ``checkpoint_minutes`` of wall time (default 10), at the end, when stopped, on SIGINT/SIGTERM
+(the run finishes its step, checkpoints, writes its summary with status ``"interrupted"``) and
+before raising :class:`TrainingDiverged`. A ``kill -9`` at any instant leaves the previous
+checkpoint intact; ``resume`` cleans up what the kill left. A second trainer on the same run
+directory is refused with an error naming the PID that holds it (:class:`workbench.runlock.RunLocked`).
 
 Subscribers (callables taking the event dict) are called after each step; a subscriber that
 raises is removed with a warning, the run goes on. ``stop_event`` (a ``threading.Event``) ends the
@@ -51,8 +60,8 @@ writes files, calls subscribers and draws the progress bar. ``batch_size`` is pe
 ``parallel="fsdp"`` shards the model with FSDP2 instead (:mod:`workbench.distributed`: each block
 and the root ``fully_shard``-ed, bf16 compute with fp32 gradient reduction on CUDA, optional
 ``activation_checkpointing``, ``compile`` per block): parameters, gradients and optimizer state
-are split over the ranks, and checkpoints are sharded (DCP) in ``checkpoints/step-N`` with
-``checkpoints/latest`` naming the last complete one, plus the gathered ``model.safetensors``.
+are split over the ranks, and each checkpoint directory ``checkpoints/step-N`` holds every rank's
+DCP shards, ``state.pt`` and the gathered ``model.safetensors`` (exported to the run's root).
 Such a run resumes on any number of processes (``grad_accum`` is rescaled to keep the global
 batch); with one process FSDP runs on a one-rank process group.
 ``stop_event``/``pause_event`` are for single-process runs (a notebook); a DDP run stops at
@@ -70,6 +79,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import random
@@ -86,6 +97,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import interrupts
+from .runlock import RunLock
 from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
@@ -98,6 +111,7 @@ _TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 _WORKBENCH_OPTIMIZERS = ("apollo", "apollo-mini", "galore", "frugal", "lamb", "lion")
 _OPTIMIZERS = _TORCH_OPTIMIZERS + _WORKBENCH_OPTIMIZERS
 _CLOSURE_OPTIMIZERS = ("zero-order", "zo", "mezo", "zeroordersgd")   # need a closure: not trainable here
+_now = time.monotonic         # the wall clock of checkpoint_minutes (tests replace it)
 
 
 def _optimizer_name(spec: str) -> str:
@@ -152,7 +166,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     eval_interval: int = 100               # 0: evaluate only after the last step
     eval_batches: int = 20                 # global batches of val data per evaluation; 0: no evaluation
-    checkpoint_interval: int = 500         # 0: checkpoint only at the end
+    checkpoint_interval: int | None = None  # None: a tenth of the run, at most 500; 0: only by time/at the end
+    checkpoint_minutes: float | None = 10.0  # also checkpoint after this much wall time; 0/None: off
     target_val_loss: float | None = None
     max_tokens: int | None = None
     seed: int = 0
@@ -174,9 +189,14 @@ class TrainConfig:
 
         for name in ("batch_size", "seq_len", "grad_accum"):
             positive_int(name, getattr(self, name))
-        for name in ("eval_interval", "eval_batches", "checkpoint_interval", "warmup_steps", "seed",
-                     "mer_interval"):
+        for name in ("eval_interval", "eval_batches", "warmup_steps", "seed", "mer_interval"):
             positive_int(name, getattr(self, name), low=0)
+        if self.checkpoint_interval is not None:
+            positive_int("checkpoint_interval", self.checkpoint_interval, low=0)
+        m = self.checkpoint_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0
+                              or not math.isfinite(m)):
+            raise ValueError(f"checkpoint_minutes must be a number of minutes >= 0 (0 or None: off), got {m!r}")
         if self.steps is not None:
             positive_int("steps", self.steps)
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
@@ -311,19 +331,25 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kw = dict(config.optimizer_kwargs)
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    known = set(inspect.signature(cls).parameters) - {"params", "lr"}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"optimizer {name!r} does not take {', '.join(map(repr, unknown))} in optimizer_kwargs; "
+                         f"it takes {', '.join(sorted(known))}")
     if name == "adamw":
         kw.setdefault("betas", (0.9, 0.95))
-        kw["betas"] = tuple(kw["betas"])
         fused_ok = all(p.is_cuda and p.is_floating_point() for p in params)
         if fused_ok:
             kw.setdefault("fused", True)
-        return torch.optim.AdamW(groups, lr=config.lr, **kw)
-    if name == "adam":
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        return torch.optim.Adam(groups, lr=config.lr, **kw)
-    kw.setdefault("momentum", 0.9)
-    return torch.optim.SGD(groups, lr=config.lr, **kw)
+    if name == "sgd":
+        kw.setdefault("momentum", 0.9)
+    if isinstance(kw.get("betas"), list):       # config.json stores tuples as lists
+        kw["betas"] = tuple(kw["betas"])
+    try:
+        return cls(groups, lr=config.lr, **kw)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"optimizer {name!r} refused optimizer_kwargs {kw}: {exc}") from None
 
 
 def _refuse_closure_only(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -399,6 +425,18 @@ class _FrozenState:
         return dict(self._state)
 
 
+def _close_on_error(init):
+    """Release the run lock a failing ``Trainer.__init__`` took (and remove the run dir it created)."""
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self.close()
+            raise
+    return wrapper
+
+
 class Trainer:
     """A training run. Build it, then ``run()`` (also from a background thread).
 
@@ -418,6 +456,7 @@ class Trainer:
         'completed'
     """
 
+    @_close_on_error
     def __init__(self, config: TrainConfig | None = None, *, model: torch.nn.Module | None = None,
                  train_data: Any = None, val_data: Any = None, optimizer: Any = None, resume: bool = False,
                  callbacks: Iterable[Callable[[dict], Any]] = (), stop_event: threading.Event | None = None,
@@ -454,8 +493,12 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if use_bf16 and self.parallel != "fsdp" else None
         self._fsdp_bf16 = use_bf16 and self.parallel == "fsdp"
 
-        # -- the run directory: one run per directory
+        # -- the run directory: one run per directory, one writer per run (a lock released by the OS on kill)
+        self._run_lock = None
+        self._made_run_dir = self.run_dir is not None and not os.path.exists(self.run_dir)
         if self.run_dir is not None:
+            if self.is_main:
+                self._run_lock = RunLock(self.run_dir).acquire()
             log_path = os.path.join(self.run_dir, LOG_FILE)
             if not resume and (os.path.exists(log_path) or ckpt.has_checkpoint(self.run_dir)):
                 raise ValueError(f"{self.run_dir!r} already holds a run ({LOG_FILE} exists); resume it "
@@ -476,6 +519,10 @@ class Trainer:
             if self._sharded_ckpt is not None and self.parallel != "fsdp":
                 raise ValueError(f"{self.run_dir!r} holds sharded (FSDP) checkpoints; resume it with "
                                  "parallel='fsdp' (--parallel fsdp), on any number of processes")
+            if self._sharded_ckpt is None and self.parallel == "fsdp" and ckpt.has_checkpoint(self.run_dir):
+                raise ValueError(f"{self.run_dir!r} holds an unsharded checkpoint (a single-process or DDP run); "
+                                 "resume it without parallel='fsdp', or start the FSDP run from its "
+                                 "model.safetensors (model=...) in a new run directory")
             if self._sharded_ckpt is not None:
                 saved_world = int(read_checkpoint_state(self._sharded_ckpt).get("world_size", self.world_size))
                 self._keep_global_batch(saved_world)
@@ -489,7 +536,7 @@ class Trainer:
         if self.stop_step > self.schedule.total_steps:
             warnings.warn(f"steps={self.stop_step} is past the schedule's horizon "
                           f"({self.schedule.total_steps}); the LR holds its final value after it",
-                          stacklevel=2)
+                          stacklevel=3)
 
         tok = get_tokenizer(cfg.tokenizer)     # one object for both splits and the vocab size
         if isinstance(train_data, BlockLoader) or _is_batch_source(train_data):
@@ -573,6 +620,8 @@ class Trainer:
         self.last_loss = None
         self.last_val_loss = None
         self._checkpointed_step = None
+        if resume and self.is_main:
+            ckpt.clean_checkpoints(self.run_dir)         # what a kill left: temp dirs, unreferenced steps
         if resume and self._sharded_ckpt is not None:
             from .distributed import load_run_checkpoint
 
@@ -608,13 +657,50 @@ class Trainer:
                 self._checkpointed_step = self.step
             else:
                 warnings.warn(f"{self.run_dir}: no checkpoint yet, so the run restarts from step 0 "
-                              f"(its log is appended to)", stacklevel=2)
+                              f"(its log is appended to)", stacklevel=3)
         if self.run_dir is not None and self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             write_json_atomic(os.path.join(self.run_dir, CONFIG_FILE),
                               {**cfg.to_dict(), "schedule": self.schedule.to_dict()})
 
     # ------------------------------------------------------------------ helpers
+    def close(self) -> None:
+        """Release the run directory's lock (``run()`` does at its end; a trainer never run should)."""
+        lock, self._run_lock = getattr(self, "_run_lock", None), None
+        if lock is not None:
+            lock.release()
+            with contextlib.suppress(OSError):
+                if getattr(self, "_made_run_dir", False) and os.listdir(self.run_dir) == [".lock"]:
+                    os.remove(os.path.join(self.run_dir, ".lock"))      # nothing was written: leave no trace
+                    os.rmdir(self.run_dir)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Steps between checkpoints: ``config.checkpoint_interval``, by default a tenth of the run (<= 500)."""
+        every = self.config.checkpoint_interval
+        return min(500, max(1, math.ceil(self.stop_step / 10))) if every is None else every
+
+    def _interrupt(self, signame: str) -> None:
+        self.interrupted_by = signame
+        self.stop_event.set()
+
+    def _control(self, last_checkpoint: float) -> tuple[bool, bool]:
+        """``(stop, checkpoint by time)``, the same on every rank (one small all-reduce under DDP)."""
+        minutes = self.config.checkpoint_minutes
+        due = bool(minutes) and self.run_dir is not None and _now() - last_checkpoint >= 60 * minutes
+        stop = self.stop_event.is_set()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flags = torch.tensor([float(stop), float(due)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, due = (bool(v) for v in flags.tolist())
+        return stop, due
+
     def _pick_device(self, name: str) -> torch.device:
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -837,10 +923,10 @@ class Trainer:
         self._checkpointed_step = self.step
 
     def _save_sharded_checkpoint(self, loader_state: dict | None) -> None:
-        """FSDP: every rank writes its shards (model, optimizer, MER anchor) into ``checkpoints/step-N``
-        (see :func:`workbench.distributed.save_run_checkpoint`), then the gathered weights go to the
-        run's ``model.safetensors`` for the tools that read one file."""
-        from .distributed import export_safetensors, save_run_checkpoint
+        """FSDP: every rank writes its shards (model, optimizer, MER anchor) into the step directory,
+        with the gathered weights as its ``model.safetensors`` (exported to the run's root for the
+        tools that read one file); see :func:`workbench.distributed.save_run_checkpoint`."""
+        from .distributed import save_run_checkpoint
 
         if self._log is not None:
             self._log.sync()
@@ -852,8 +938,6 @@ class Trainer:
                  "rng": ckpt.get_rng_state(), "trainer": counters}
         anchors = {str(i): a for i, a in enumerate(self._mer_anchor)} if self._mer_anchor is not None else None
         save_run_checkpoint(self.run_dir, self.raw_model, self.optimizer, step=self.step, state=state, extra=anchors)
-        export_safetensors(self.raw_model, os.path.join(self.run_dir, ckpt.MODEL_FILE),
-                           metadata={"step": str(self.step)})
         self._checkpointed_step = self.step
 
     def summary(self) -> dict:
@@ -916,9 +1000,12 @@ class Trainer:
         """Train from the current step to ``stop_step``; returns the summary dict.
 
         Raises ``TrainingDiverged`` (after checkpointing the last good step) on a NaN/inf loss.
+        In the main thread, SIGINT/SIGTERM stop the run after its current step with a checkpoint
+        (status ``"interrupted"``; see :mod:`workbench.interrupts`).
         """
-        for _ in self.iter_run():
-            pass
+        with interrupts.stop_on_signals():
+            for _ in self.iter_run():
+                pass
         return self.result
 
     def iter_run(self):
@@ -928,6 +1015,8 @@ class Trainer:
         end (or ``close()`` the generator) so the log is closed. ``run()`` is this, drained.
         """
         cfg = self.config
+        if self.run_dir is not None and self.is_main and self._run_lock is None:
+            self._run_lock = RunLock(self.run_dir).acquire()      # run again after a previous run() ended
         self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
         bar = ProgressBar(self.stop_step, initial=self.step) if (cfg.progress and self.is_main) else None
         if bar is not None:
@@ -935,10 +1024,14 @@ class Trainer:
         self.status = "running"
         finished = False
         clock = time.perf_counter()   # train time not yet counted starts here
+        last_checkpoint = _now()
+        stop_agreed = False           # under DDP every rank stops at the same step
+        self.interrupted_by = None
+        signal_token = interrupts.register(self._interrupt)
         try:
             while self.step < self.stop_step:
-                if self.stop_event.is_set():
-                    self.status = "stopped"
+                if stop_agreed or (self.world_size == 1 and self.stop_event.is_set()):
+                    self.status = "interrupted" if self.interrupted_by else "stopped"
                     break
                 if self.pause_event.is_set():
                     self.train_time += time.perf_counter() - clock
@@ -973,9 +1066,12 @@ class Trainer:
                     clock = time.perf_counter()        # evaluation time is not train time
                 self._emit(event)
                 yield event
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                stop_agreed, time_due = self._control(last_checkpoint)
+                every = self.checkpoint_every
+                if (every and self.step % every == 0) or time_due:
                     self.train_time += time.perf_counter() - clock
                     self.save_checkpoint()
+                    last_checkpoint = _now()
                     clock = time.perf_counter()        # nor is checkpointing
             else:
                 self.status = "completed"
@@ -984,12 +1080,14 @@ class Trainer:
             self.result = self._write_summary()
             finished = True
         finally:
+            interrupts.unregister(signal_token)
             if bar is not None:
                 bar.close()
                 self.callbacks.remove(bar)
             if self._log is not None:
                 self._log.close()
             self._log = None
+            self.close()
             if self._owns_process_group:
                 import torch.distributed as dist
 
@@ -1000,6 +1098,7 @@ class Trainer:
 
     result: dict | None = None
     _log: RunLog | None = None
+    interrupted_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal stopped the run
 
 
 # ---------------------------------------------------------------------- functional entry points
