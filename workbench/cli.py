@@ -57,6 +57,7 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "checkpoint_interval": "checkpoint_interval", "checkpoint_minutes": "checkpoint_minutes",
     "target_val_loss": "target_val_loss",
     "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile",
+    "parallel": "parallel", "activation_checkpointing": "activation_checkpointing",
 }
 _RESUME_FLAGS = ("steps", "device", "compile")
 
@@ -110,6 +111,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for weights and data order [0]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--parallel", choices=("auto", "none", "ddp", "fsdp"),
+                   help="under torchrun: ddp (replicas) or fsdp (FSDP2: parameters, gradients and optimizer "
+                        "state sharded over the ranks, sharded checkpoints) [auto: ddp under torchrun]")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="with --parallel fsdp: recompute each block's activations in the backward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
