@@ -793,8 +793,60 @@ def _optim_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare corpora bigger than memory as memory-mapped token shards")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,info}")
+    pr = dsub.add_parser("prepare", help="tokenise a local corpus once into token shards (train with --data OUT)")
+    pr.add_argument("data", metavar="PATH_OR_DATASET",
+                    help="a .txt/.json/.jsonl/.csv/.parquet file or folder of them, a folder saved with "
+                         "datasets' save_to_disk, or a built-in corpus name (stdlib, docs)")
+    pr.add_argument("--out", required=True, help="the folder to create")
+    pr.add_argument("--tokenizer", default="byte", help="byte, bpe or a tokenizer.json path [byte]")
+    pr.add_argument("--text-column", default="text", help="column holding the text in json/csv/parquet [text]")
+    pr.add_argument("--num-proc", type=int, default=None, help="tokenising processes [one per core]")
+    pr.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file [268435456]")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_data_prepare)
+    info = dsub.add_parser("info", help="what a prepared folder holds")
+    info.add_argument("dir", metavar="DIR")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(func=_data_info)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from workbench.data.shards import prepare_shards
+
+    m = prepare_shards(args.data, args.out, tokenizer=args.tokenizer, num_proc=args.num_proc,
+                       text_column=args.text_column, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    _print_manifest(args.out, m)
+    print(f"train on it with: workbench train --data {args.out}"
+          + ("" if m["tokenizer"] == "byte" else f" --tokenizer {args.out}/{m.get('tokenizer_file', '?')}"))
+    return 0
+
+
+def _print_manifest(path: str, m: dict) -> None:
+    print(f"{path}: tokenizer {m['tokenizer']} (vocab {m['vocab_size']:,}, {m['dtype']}), source {m['source']}")
+    for split, s in m["splits"].items():
+        size = s["tokens"] * (1 if m["dtype"] == "uint8" else 2 if m["dtype"] == "uint16" else 4)
+        print(f"  {split:5s} {s['tokens']:>15,} tokens  {s['documents']:>12,} documents  "
+              f"{len(s['shards'])} shard(s), {size / 2**20:,.1f} MiB")
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from workbench.data.shards import read_manifest
+
+    m = read_manifest(args.dir)
+    if args.json:
+        print(json.dumps(m, indent=1))
+    else:
+        _print_manifest(args.dir, m)
+    return 0
+
+
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
-            _add_angles, _add_select, _add_serve, _add_continual, _add_optim]
+            _add_angles, _add_select, _add_serve, _add_continual, _add_optim, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
