@@ -27,7 +27,8 @@ from pathlib import Path
 from workbench import schedules
 
 __all__ = ["ASSETS_DIR", "RUNS", "RUN_SETTINGS", "PRETRAINED_SETTINGS", "bundled_runs", "run_dir",
-           "read_run", "pretrained_dir", "make_assets"]
+           "read_run", "pretrained_dir", "make_assets", "CURVE_SETS", "curves", "curve_specs", "cooldown_mask",
+           "lr_124m", "logged_lrs", "fitted_law", "make_fitted_laws", "convert_124m", "resolve_curve", "split_args"]
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -409,3 +410,38 @@ def convert_124m(src: str | os.PathLike, out: str | os.PathLike | None = None) -
     if lic.exists():
         atomic_write_text(dst / "LICENSE", lic.read_text())
     return dst
+
+
+def fitted_law(name: str = "124m", law: str = "multipower", lr: float = 1e-3):
+    """The law fitted to a bundled curve set's train split (``curves(name, lr=lr, split="train")``),
+    precomputed by :func:`make_fitted_laws` and read from JSON (no fitting at import or startup).
+
+    >>> f = fitted_law("124m", law="annealing")
+    >>> f.law, f.info["curves"]
+    ('annealing', ['constant-50k_lr1e-3', 'cosine-25k_lr1e-3'])
+    """
+    from workbench.laws import LAWS, FittedLaw
+
+    if law not in LAWS:
+        raise ValueError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
+    path = _curve_dir(name) / f"fit-{law}_lr{_lr_tag(lr)}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no bundled {law} fit for {name} at peak LR {lr} ({path}); make it with "
+                                "workbench.assets.make_fitted_laws()")
+    return FittedLaw.load(path)
+
+
+def make_fitted_laws(name: str = "124m", lr: float = 1e-3) -> list[Path]:
+    """Fit both laws to the train split with the default procedure and bundle the fits as JSON."""
+    from workbench.laws import LAWS, fit
+
+    out = []
+    train = curves(name, lr=lr, split="train")
+    for law in LAWS:
+        f = fit(train, law=law)
+        f.info.pop("time_s", None)
+        f.info.pop("prepare_s", None)
+        path = _curve_dir(name) / f"fit-{law}_lr{_lr_tag(lr)}.json"
+        f.save(path)
+        out.append(path)
+    return out
