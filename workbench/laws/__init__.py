@@ -56,8 +56,24 @@ that two curves share exactly (a two-stage run branched from the constant run) c
 not scored when their curve is left out.
 
 **Uncertainty**: a Laplace (Gauss-Newton) approximation of the parameter covariance from the
-fit's residuals; ``predict(..., band=True)`` returns ``(mean, low, high)`` by the delta method.
-It reflects parameter uncertainty given the law, not the law's own error on unseen schedules.
+fit's residuals (``predict(..., band=True, method="laplace")``: the band of the law's mean, by the
+delta method), and a calibrated band (``method="calibrated"``, the default when available): the
+parameter uncertainty plus the law's relative error on held-out curves, the root-mean-square of the
+leave-one-curve-out residuals (``info["calibration"]``), combined in log space so ``low > 0``.
+
+**What a fit cannot tell** (:mod:`workbench.laws.diagnostics`): every fit reports parameters on a
+bound, the Jacobian's condition number, strongly correlated pairs and the range of the
+leave-one-curve-out fits in ``FittedLaw.identifiability``, and turns them into plain-language
+``FittedLaw.warnings`` ("C and beta are not identified by these curves: add a run with a decay of
+another length or shape"). ``FittedLaw.check_domain(schedule)`` lists reasons not to trust a
+forecast (peak LR outside the fitted range, a run far longer than the fitted ones, a prediction below
+0 or the fitted floor ``L0``, a band wider than the loss); :func:`optimize_schedule` refuses on them;
+:func:`compare_schedules` ranks schedules and calls a difference resolved only when its interval
+excludes 0 and every leave-one-curve-out fit agrees.
+
+Modules: ``core`` (areas, input checks, metrics), ``annealing_law``, ``multipower_law`` (the fast LD
+sum), ``evaluate`` (the laws as functions), ``fitting``, ``fitted`` (:class:`FittedLaw`),
+``diagnostics``, ``compare``, ``search`` (schedule search).
 
 Example:
     >>> import numpy as np
