@@ -97,9 +97,14 @@ from .core import (_ETA_FLOOR, _FORMAT, BLOCK_EPS, HUBER_DELTA, LAWS, _drops, _l
 from .compare import ScheduleComparison, compare_schedules  # noqa: F401
 from .evaluate import _eval_params, _law, annealing, multipower  # noqa: F401
 from .fitted import FittedLaw, _json_safe, load_fit  # noqa: F401
-from .fitting import STOP_CANDIDATES, STOP_TOLERANCE, fit  # noqa: F401
-from .multipower_law import _evaluate_chunked, _MPSchedule, _MPStruct, _MultiPower, _walk  # noqa: F401
-from .search import _final_loss_grad, optimize_schedule  # noqa: F401
+from .diagnostics import _decays  # noqa: F401
+from .fitting import (STOP_CANDIDATES, STOP_TOLERANCE, _as_curves, _Data, _dedupe, _grid_starts,  # noqa: F401
+                      _huber_cost, _laplace, _path_at, _Problem, _select_basis, _shared_prefix, _solve, _validate,
+                      fit)
+from .multipower_law import _CHUNK, _evaluate_chunked, _MPSchedule, _MPStruct, _MultiPower, _walk  # noqa: F401
+from .search import _final_loss_grad, _free_form, optimize_schedule  # noqa: F401
+
+# every name of the former single module ``workbench/laws.py`` (private helpers included) stays importable here
 
 __all__ = ["areas", "annealing", "multipower", "LAWS", "fit", "FittedLaw", "load_fit", "optimize_schedule",
            "metrics", "compare_schedules", "ScheduleComparison"]
