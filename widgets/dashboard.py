@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import os
 import sys
 import warnings
@@ -331,14 +332,20 @@ class TrainingTab:
     def _status_text(self, status: dict) -> str:
         text = f"<b>{self._followed}</b>: {status['state']}, step {status['step']}"
         rep = self._fit.report() if self._fit is not None and self._fit._last_step >= 0 else {}
-        if rep.get("fitted"):
+        if rep.get("forecast"):
             text += (f"<br>forecast final loss {rep['final_loss']:.3f} "
-                     f"[{rep['final_low']:.3f}, {rep['final_high']:.3f}] ({rep['loss_key']})")
+                     f"[{rep['final_low']:.3f}, {rep['final_high']:.3f}] ({rep['level']:.0%} band, "
+                     f"{rep['loss_key']})")
+        elif rep.get("reason"):
+            text += f"<br>no forecast: {html.escape(rep['reason'])}"
+        for w in rep.get("warnings", []):
+            text += f"<br>fit warning: {html.escape(w)}"
         if status.get("error"):
             text += f"<br>{status['error']}"
         return _message(text, "error" if status["state"] == "failed" else "info")
 
     def _figure(self):
+        from workbench.livefit import LEVEL
         from workbench.runlog import latest_per_step, read_run_log
 
         fig = self._empty()
@@ -356,16 +363,18 @@ class TrainingTab:
             fig.add_scatter(x=[s for s, _ in val], y=[v for _, v in val], name="val loss",
                             mode="lines+markers", line=dict(color="#ef553b"))
         if self._fit is not None and self._fit.fitted is not None:
-            # the laws describe the loss after warmup: forecast from there on
+            # the laws describe the loss after warmup: forecast from there on; points with a loss
+            # below the fit's floor or a band wider than the loss are not drawn (livefit.forecast)
             T, start = self._fit.lrs.size, self._fit.schedule.warmup
             grid = plots.display_steps(T, 400)
-            grid = grid[grid >= start]
-            mean, lo, hi = self._fit.predict(grid, band=True)
-            fig.add_scatter(x=grid, y=hi, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
-            fig.add_scatter(x=grid, y=lo, mode="lines", line=dict(width=0), fill="tonexty",
-                            fillcolor="rgba(99,110,250,0.15)", name="95% band", hoverinfo="skip")
-            fig.add_scatter(x=grid, y=mean, name=f"forecast ({self._fit.law})", mode="lines",
-                            line=dict(color="#636efa", dash="dash"))
+            fc = self._fit.forecast(grid[grid >= start])
+            if fc.final is not None and fc.ok:
+                fig.add_scatter(x=fc.steps, y=fc.shown(fc.high), mode="lines", line=dict(width=0),
+                                showlegend=False, hoverinfo="skip")
+                fig.add_scatter(x=fc.steps, y=fc.shown(fc.low), mode="lines", line=dict(width=0), fill="tonexty",
+                                fillcolor="rgba(99,110,250,0.15)", name=f"{LEVEL:.0%} band", hoverinfo="skip")
+                fig.add_scatter(x=fc.steps, y=fc.shown(), name=f"forecast ({self._fit.law})", mode="lines",
+                                line=dict(color="#636efa", dash="dash"))
         seen = [r["loss"] for r in recs if r.get("loss") is not None] + [v for _, v in val]
         if seen:   # the observed losses set the scale; a wide early band does not
             lo_y, hi_y = min(seen), max(seen)
