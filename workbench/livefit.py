@@ -106,8 +106,8 @@ def forecast(fitted: FittedLaw, schedule: Schedule, steps=None, *, band: bool = 
         >>> y = laws.annealing(s, steps, L0=2.0, A=0.6, alpha=0.5, C=0.4)
         >>> f = laws.fit([LossCurve(s.lrs(), steps, y, name="cosine", warmup_steps=100)], law="annealing")
         >>> fc = forecast(f, s, [1999])
-        >>> fc.ok, round(fc.final, 3), round(float(y[-1]), 3)
-        (True, 2.016, 2.016)
+        >>> fc.ok, abs(fc.final - float(y[-1])) < 0.01
+        (True, True)
         >>> far = forecast(f, schedules.constant(peak_lr=0.1, total_steps=200_000, warmup_steps=100))
         >>> far.ok, len(far.problems) > 0            # far outside the data: greyed, with the reasons
         (False, True)
@@ -120,16 +120,16 @@ def forecast(fitted: FittedLaw, schedule: Schedule, steps=None, *, band: bool = 
         mean, low, high = (np.asarray(a, dtype=np.float64) for a in fitted.predict(schedule, q, band=True, level=level))
     else:
         mean = np.asarray(fitted.predict(schedule, q), dtype=np.float64)
-    floor = max(float(fitted.floor), 0.0)
-    bad = ~np.isfinite(mean) | (mean <= floor)
-    if bad.any():
+    floor = float(fitted.floor)
+    bad = ~np.isfinite(mean) | (mean <= 0) | (mean < floor)
+    said = " ".join(problems)
+    if bad.any() and "negative loss" not in said and "irreducible loss" not in said:
         i = int(np.argmax(bad))
-        msg = (f"the law predicts a loss at or below its fitted floor ({floor:.4g}) from step {int(q[i])} on "
-               f"({int(bad.sum())} of {bad.size} points): not shown")
-        problems.append(msg)
+        problems.append(f"the law predicts a loss below its fitted floor L0 = {floor:.4g} (or 0) from step {int(q[i])} "
+                        f"on ({int(bad.sum())} of {bad.size} points): not shown")
     if band:
-        wide = ~bad & ((high - low) > mean)
-        if wide.any():
+        wide = ~bad & ((high - low) > np.abs(mean))
+        if wide.any() and "wider than the loss" not in said:
             problems.append(f"the {level:.0%} band is wider than the loss itself at {int(wide.sum())} of "
                             f"{wide.size} points: not shown")
         bad |= wide
