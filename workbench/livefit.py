@@ -92,9 +92,9 @@ class Forecast:
         return [float(x) if np.isfinite(x) else None for x in v]
 
 
-def forecast(fitted: FittedLaw, schedule: Schedule, steps=None, *, band: bool = False,
+def forecast(fitted: FittedLaw, schedule, steps=None, *, band: bool = False,
              level: float = LEVEL) -> Forecast:
-    """A law's prediction for ``schedule`` as a view may show it: never a loss at or below 0 or
+    """A law's prediction for ``schedule`` (a Schedule or a LossCurve) as a view may show it: never a loss at or below 0 or
     below the fit's floor, never a band wider than the loss; with the reasons (the fit's
     :meth:`~workbench.laws.FittedLaw.check_domain` and these) and the fit's warnings.
 
@@ -112,9 +112,12 @@ def forecast(fitted: FittedLaw, schedule: Schedule, steps=None, *, band: bool = 
         >>> far.ok, len(far.problems) > 0            # far outside the data: greyed, with the reasons
         (False, True)
     """
-    lrs = schedule.lrs()
-    q = np.arange(lrs.size) if steps is None else np.asarray(steps, dtype=np.int64)
-    problems = list(fitted.check_domain(schedule))
+    if steps is None:
+        n = schedule.total_steps if hasattr(schedule, "total_steps") else len(schedule)
+        q = np.arange(int(n))
+    else:
+        q = np.asarray(steps, dtype=np.int64)
+    problems = list(fitted.check_domain(schedule, level=level))
     low = high = None
     if band:
         mean, low, high = (np.asarray(a, dtype=np.float64) for a in fitted.predict(schedule, q, band=True, level=level))
