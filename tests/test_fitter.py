@@ -1,6 +1,8 @@
 """CurveFitter: drive the controls as a user would and check what the figure and tables show."""
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,47 @@ def test_live_follows_a_livefit():
     assert d.schedules == [s]
     with pytest.raises(ValueError, match="attach"):
         CurveFitter([LossCurve.from_schedule(s, [100, 200], [3.0, 2.9])], autofit=False).update({})
+
+
+def test_legend_names_every_trace_and_redraws_send_no_unnamed_trace(runs, monkeypatch):
+    """The browser builds the plot from the widget's initial state plus restyle messages: every trace
+    must be named there, and no batched restyle may carry a name for only some traces (the legend
+    then read "trace 0", "trace 1", ...)."""
+    import plotly.basewidget as bw
+    from plotly.basedatatypes import Undefined
+
+    sent = []
+    orig = bw.BaseFigureWidget._send_update_msg
+
+    def spy(self, restyle_data, relayout_data, trace_indexes=None, source_view_id=None):
+        sent.append((dict(restyle_data), list(trace_indexes or [])))
+        return orig(self, restyle_data, relayout_data, trace_indexes, source_view_id)
+
+    monkeypatch.setattr(bw.BaseFigureWidget, "_send_update_msg", spy)
+    f = CurveFitter(list(runs.values()), fit_on=["constant", "cosine"], autofit=False)
+    initial = f.figure._widget_data                                   # what the browser starts from
+    assert len(initial) == 3 * TRACES_PER_CURVE and all(t.get("name") for t in initial)
+    legend = [t["name"] for t in initial if t.get("showlegend") is not False]
+    assert legend == [f"{n} {what}" for n, role in (("constant", "fit"), ("cosine", "fit"), ("wsd20", "held out"))
+                      for what in ("(observed)", "90% band", f"(law, {role})")]
+    f.fit_button.click()
+    f.checkboxes["wsd20"].value = True
+    f.fit_button.click()
+    assert [t.name for t in f.figure.data[3::4]] == ["constant (law, fit)", "cosine (law, fit)", "wsd20 (law, fit)"]
+    assert sent                                                      # redraws went out as restyles ...
+    for restyle, _idx in sent:                                       # ... none with a partial name list
+        for key, vals in restyle.items():
+            if key in ("name", "showlegend", "legendgroup"):
+                assert not any(v is Undefined for v in (vals if isinstance(vals, list) else [vals])), restyle
+
+
+def test_fitter_shows_the_fits_warnings(runs):
+    f = CurveFitter([runs["constant"], runs["cosine"]], law="annealing", fit_on=["constant"])
+    assert f.fitted.warnings                                          # one constant run: no decay to see
+    assert any("add a run with a decay" in w for w in f.fitted.warnings)
+    for w in f.fitted.warnings:
+        assert html.escape(w) in f.warnings_html.value
+    f.checkboxes["cosine"].value = True
+    f.fit_button.click()
+    assert all(html.escape(w) in f.warnings_html.value for w in f.fitted.warnings)
+    assert not any("add a run with a decay" in w for w in f.fitted.warnings)
