@@ -272,10 +272,15 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curves", help="fit loss-curve laws to runs and predict other schedules",
                        description="Fit the annealing or multi-power loss law jointly to training curves "
                                    "(CSV step,lr,loss; run logs .jsonl or run directories; W&B .json; "
-                                   "TensorBoard event files) and score its predictions on other runs.")
+                                   "TensorBoard event files; bundled real curves as assets:124m/RUN) and score its "
+                                   "predictions on other runs. The 124M split: `workbench curves fit --split 124m "
+                                   "--out fit.json` then `workbench curves predict fit.json --split 124m`.")
     csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict}")
     f = csub.add_parser("fit", help="fit a law to one or more loss curves, write FIT.json")
-    f.add_argument("train", nargs="+", metavar="TRAIN", help="loss logs with different schedules")
+    f.add_argument("train", nargs="*", metavar="TRAIN",
+                   help="loss logs with different schedules (or assets:124m/RUN for a bundled real curve)")
+    f.add_argument("--split", choices=("124m",), help="fit the train split of a bundled curve set (with --lr)")
+    f.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
     f.add_argument("--law", choices=("annealing", "multipower"), default="multipower", help="[multipower]")
     f.add_argument("--out", required=True, metavar="FIT.json", help="where to write the fitted law")
     f.add_argument("--loss-key", help="column/key of the loss to fit [val_loss if present, else loss]")
@@ -287,7 +292,11 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_curves_fit)
     pr = csub.add_parser("predict", help="score a fitted law's predictions on other loss curves")
     pr.add_argument("fit", metavar="FIT.json", help="written by `workbench curves fit`")
-    pr.add_argument("test", nargs="+", metavar="TEST", help="loss logs to predict")
+    pr.add_argument("test", nargs="*", metavar="TEST", help="loss logs to predict (or assets:124m/RUN)")
+    pr.add_argument("--split", choices=("124m",), help="predict the test split of a bundled curve set (with --lr)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
+    pr.add_argument("--band", type=float, default=0.9, metavar="LEVEL",
+                    help="report how often the calibrated LEVEL band holds the measured loss [0.9]")
     pr.add_argument("--loss-key", help="column/key of the loss [val_loss if present, else loss]")
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.set_defaults(func=_curves_predict)
@@ -296,10 +305,23 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
 _METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
 
 
-def _curves_fit(args: argparse.Namespace) -> int:
-    from workbench import curves, laws
+def _curve_args(args: argparse.Namespace, paths: list[str], part: str) -> list:
+    from workbench import assets, curves
 
-    train = [curves.read_curve(path, loss_key=args.loss_key) for path in args.train]
+    if args.split:
+        if paths:
+            raise ValueError(f"give either --split or {part.upper()} curves, not both")
+        return assets.curves(args.split, lr=args.lr, split=part)
+    if not paths:
+        raise ValueError(f"no {part} curves: give loss logs (or assets:124m/RUN), or --split 124m")
+    return [assets.resolve_curve(p) if p.startswith("assets:") else curves.read_curve(p, loss_key=args.loss_key)
+            for p in paths]
+
+
+def _curves_fit(args: argparse.Namespace) -> int:
+    from workbench import laws
+
+    train = _curve_args(args, args.train, "train")
     fitted = laws.fit(train, law=args.law, lam=None if args.fit_lam else args.lam, seed=args.seed,
                       validate=False if args.no_validate else None)
     fitted.save(args.out)
@@ -314,6 +336,11 @@ def _curves_fit(args: argparse.Namespace) -> int:
         chosen = val["chosen_max_nfev"]
         print("  leave-one-curve-out validation: " + ("fit to convergence" if chosen == "converged"
                                                       else f"early stopping after {chosen} evaluations"))
+    cal = info.get("calibration") or {}
+    if cal.get("scale") is not None:
+        print(f"  band: {cal['method']}, relative scale {100 * cal['scale']:.3f}%")
+    for w in fitted.warnings:
+        print(f"  warning: {w}")
     print(f"wrote {args.out}")
     return 0
 
@@ -323,25 +350,45 @@ def _curves_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from workbench import curves, laws
+    from workbench import assets, laws
 
     fitted = laws.FittedLaw.load(args.fit)
-    rows, preds, ys = [], [], []
-    for path in args.test:
-        c = curves.read_curve(path, loss_key=args.loss_key)
+    if not 0 < args.band < 1:
+        raise ValueError(f"--band must be in (0, 1), got {args.band}")
+    test = _curve_args(args, args.test, "test")
+    rows, preds, ys, cool, inside = [], [], [], [], []
+    for c in test:
+        label = c.name if (args.split or c.meta.get("source", "").startswith("assets:")) else c.meta.get("source", c.name)
         keep = c.steps >= c.warmup
         if not keep.any():
-            raise ValueError(f"{path}: no losses after the warmup ({c.warmup} steps) to score")
-        pred = fitted.predict(c.lrs, c.steps[keep], warmup_steps=c.warmup)
-        m = laws.metrics(pred, c.losses[keep])
-        rows.append({"file": path, **{k: m[k] for k in _METRICS}, "_n": m["n"]})
+            raise ValueError(f"{label}: no losses after the warmup ({c.warmup} steps) to score")
+        y = c.losses[keep]
+        if fitted.cov is not None:
+            pred, lo, hi = fitted.predict(c.lrs, c.steps[keep], band=True, level=args.band, warmup_steps=c.warmup)
+            inside.append((y >= lo) & (y <= hi))
+        else:
+            pred = fitted.predict(c.lrs, c.steps[keep], warmup_steps=c.warmup)
+        m = laws.metrics(pred, y)
+        row = {"file": label, **{k: m[k] for k in _METRICS}, "_n": m["n"]}
+        if c.meta.get("cooldown_start") is not None:
+            cm = assets.cooldown_mask(c)[keep]
+            if cm.any():
+                row["cooldown_pred_err"] = float(np.mean(np.abs(pred[cm] - y[cm]) / y[cm]))
+                cool.append((pred[cm], y[cm]))
+        rows.append(row)
         preds.append(pred)
-        ys.append(c.losses[keep])
+        ys.append(y)
     pooled = laws.metrics(np.concatenate(preds), np.concatenate(ys))
     overall = {k: pooled[k] for k in _METRICS}
+    if cool:
+        pc, yc = np.concatenate([a for a, _ in cool]), np.concatenate([b for _, b in cool])
+        overall["cooldown_pred_err"] = float(np.mean(np.abs(pc - yc) / yc))
+    if inside:
+        overall["band_level"] = args.band
+        overall["band_coverage"] = float(np.mean(np.concatenate(inside)))
     if args.json:
         clean = [{k: v for k, v in r.items() if k != "_n"} for r in rows]
-        print(json.dumps(laws._json_safe({"curves": clean, "overall": overall})))
+        print(json.dumps(laws._json_safe({"curves": clean, "overall": overall, "warnings": fitted.warnings})))
         return 0
     head = ["file", "points", "r2", "mae", "rmse", "mean err %", "worst err %"]
     cells = [head] + [[r["file"], str(r["_n"]), f"{r['r2']:.5f}", f"{r['mae']:.5f}", f"{r['rmse']:.5f}",
@@ -350,8 +397,15 @@ def _curves_predict(args: argparse.Namespace) -> int:
                   f"{overall['rmse']:.5f}", f"{100 * overall['pred_err']:.3f}", f"{100 * overall['worst_err']:.3f}"])
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     print(f"{fitted.law} law from {args.fit}")
+    for w in fitted.warnings:
+        print(f"  warning: {w}")
     for row in cells:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    if "cooldown_pred_err" in overall:
+        print(f"cooldown points only: mean err {100 * overall['cooldown_pred_err']:.3f}%")
+    if "band_coverage" in overall:
+        print(f"{100 * args.band:g}% band ({(fitted.info.get('calibration') or {}).get('method', 'laplace')}) holds "
+              f"{100 * overall['band_coverage']:.1f}% of the measured losses")
     return 0
 
 
