@@ -137,10 +137,11 @@ class CurveFitter(W.VBox):
                        if not c.meta.get("placeholder") and (c.steps >= c.warmup).any()}
         self._redraw()
         for d in self._designers:
-            d.set_predictor(fitted.predictor())
+            d.attach_law(fitted)
 
     def designer(self, schedules_: Sequence | None = None):
-        """A :class:`workbench.widgets.ScheduleDesigner` whose predicted-loss panel is the fitted law.
+        """A :class:`workbench.widgets.ScheduleDesigner` with the fitted law attached (its predicted-loss
+        panel greys a schedule outside the fit's domain and says why).
 
         Default schedules: cosine and WSD (20% decay) with the curves' peak LR, length and warmup
         (the LiveFit's schedule when live). Later fits update its predictor.
@@ -158,7 +159,7 @@ class CurveFitter(W.VBox):
                 schedules_ = [schedules.cosine(peak_lr=peak, total_steps=total, warmup_steps=warm, min_lr=peak / 10),
                               schedules.wsd(peak_lr=peak, total_steps=total, warmup_steps=warm, min_lr=peak / 10,
                                             decay_fraction=0.2)]
-        d = ScheduleDesigner(list(schedules_), predictor=self.fitted.predictor(), max_points=self.max_points)
+        d = ScheduleDesigner(list(schedules_), law=self.fitted, max_points=self.max_points)
         self._designers.append(d)
         return d
 
