@@ -1,7 +1,7 @@
 """The classroom dashboard: ``workbench serve`` - the four tools in one panel app, no notebook needed.
 
-Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to the bundled
-runs, save it), **Training** (start a short run of the tiny model from the page and watch its loss
+Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to real 124M runs
+or to the bundled tiny runs, greyed with the reasons outside the fit's domain, save it), **Training** (start a short run of the tiny model from the page and watch its loss
 with the live loss-law forecast), **Data selection** (angle concentration of a generated task,
 the GAIN sampler's subset highlighted live, export of the chosen indices) and **Sparsity** (diff
 two checkpoints, heatmap of update sparsity at any tolerance, drill-down on a matrix).
