@@ -16,8 +16,10 @@ class ScheduleComparison:
 
     ``final``/``low``/``high``: predicted final loss and its ``level`` interval per schedule; ``order``:
     names from the lowest predicted final loss; ``resolved[(a, b)]``: whether the fit resolves that
-    ``a`` ends below ``b`` (the ``level`` interval of the difference excludes 0); ``domain``: per
-    schedule, the reasons its forecast is outside the fit's domain (``FittedLaw.check_domain``).
+    ``a`` ends below ``b`` (the ``level`` interval of the difference excludes 0 and every
+    leave-one-curve-out fit agrees); ``fold_order``: per leave-one-curve-out fit (named by the curve it
+    left out), its predicted order; ``domain``: per schedule, the reasons its forecast is outside the
+    fit's domain (``FittedLaw.check_domain``).
     """
 
     names: list[str]
@@ -28,6 +30,7 @@ class ScheduleComparison:
     resolved: dict
     level: float
     domain: dict = field(default_factory=dict)
+    fold_order: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"predicted final loss ({100 * self.level:g}% interval), lowest first:"]
@@ -37,6 +40,9 @@ class ScheduleComparison:
         for a, b in zip(self.order, self.order[1:]):
             verdict = "resolved" if self.resolved[(a, b)] else "NOT resolved by these curves"
             lines.append(f"  {a} < {b}: {verdict} (difference {self.final[b] - self.final[a]:.4f})")
+        for held, o in self.fold_order.items():
+            if o != self.order:
+                lines.append(f"  without {held} the fit orders them {' < '.join(o)}")
         if not all(self.resolved[(a, b)] for a, b in zip(self.order, self.order[1:])):
             lines.append("  unresolved pairs may rank either way: measure them, or fit on more curves")
         return "\n".join(lines)
@@ -49,7 +55,9 @@ def compare_schedules(fit, schedules, names=None, level: float = 0.9) -> Schedul
     The interval of a difference ``L_a - L_b`` combines the parameter uncertainty of the difference
     (delta method with the fit's covariance: what the two forecasts share cancels) and, when the fit is
     calibrated, the law's held-out relative error for each of the two forecasts (taken as independent,
-    which is conservative). A pair counts as resolved only when that interval excludes 0.
+    which is conservative). A pair counts as resolved only when that interval excludes 0 *and* every
+    leave-one-curve-out fit (kept in ``fit.info["validation"]["folds"]``) predicts the same order: an
+    order that flips when one curve is left out depends on which curves were measured, not on the law.
 
     >>> from workbench import schedules as S
     >>> from workbench.laws import FittedLaw
@@ -86,6 +94,14 @@ def compare_schedules(fit, schedules, names=None, level: float = 0.9) -> Schedul
         final[n], low[n], high[n], grads[n] = float(m[0]), float(lo[0]), float(hi[0]), J[0]
         domain[n] = fit.check_domain(lrs, warmup_steps=w, level=level)
     order = sorted(names, key=lambda n: final[n])
+    from .fitted import FittedLaw
+
+    fold_final = {}
+    for fold in (fit.info.get("validation") or {}).get("folds") or []:
+        if fold.get("params"):
+            ff = FittedLaw(fit.law, fold["params"], fit.eta_ref, info={"fit_lam": fit.info.get("fit_lam", False)})
+            fold_final[fold["held_out"]] = {n: float(ff.predict(s, [_lr_input(s, None)[0].size - 1])[0])
+                                            for n, s in zip(names, schedules)}
     resolved = {}
     for a in names:
         for b in names:
@@ -94,5 +110,7 @@ def compare_schedules(fit, schedules, names=None, level: float = 0.9) -> Schedul
             g = grads[a] - grads[b]
             var = float(g @ fit.cov @ g) + (scale * final[a]) ** 2 + (scale * final[b]) ** 2
             diff = final[b] - final[a]
-            resolved[(a, b)] = bool(diff > z * math.sqrt(max(var, 0.0)))
-    return ScheduleComparison(names, final, low, high, order, resolved, level, domain)
+            agree = all(ff[b] > ff[a] for ff in fold_final.values())
+            resolved[(a, b)] = bool(diff > z * math.sqrt(max(var, 0.0)) and agree)
+    fold_order = {k: sorted(names, key=lambda n: v[n]) for k, v in fold_final.items()}
+    return ScheduleComparison(names, final, low, high, order, resolved, level, domain, fold_order)

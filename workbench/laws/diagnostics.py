@@ -42,10 +42,11 @@ def identifiability(lw, prob, th: np.ndarray, ref: float, data, folds, chosen) -
         corr = Hi / np.outer(d, d)
     except np.linalg.LinAlgError:
         corr = np.eye(len(names))
+    no_effect = [n for n, v in zip(names, norms) if not v > 0]
     pairs = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            if abs(corr[i, j]) > CORR_LIMIT or norms[i] == 0 or norms[j] == 0:
+            if norms[i] > 0 and norms[j] > 0 and abs(corr[i, j]) > CORR_LIMIT:
                 pairs.append((names[i], names[j], float(corr[i, j])))
     params = lw.to_params(th, ref)
     spread = {}
@@ -60,18 +61,24 @@ def identifiability(lw, prob, th: np.ndarray, ref: float, data, folds, chosen) -
                          + [params[k]])
             spread[k] = [float(v.min()), float(v.max())]
     decays = any(_decays(d.lrs, d.warmup) for d in data)
-    ident = {"at_bound": at_bound, "condition_number": cond, "correlated": [list(p) for p in pairs],
+    ident = {"at_bound": at_bound, "no_effect": no_effect, "condition_number": cond, "correlated": [list(p) for p in pairs],
              "loo_range": spread, "decay_in_data": decays,
              "correlation": {f"{a}/{b}": float(corr[i, j]) for i, a in enumerate(names)
                              for j, b in enumerate(names) if j > i}}
     warns = []
-    dec = DECAY_PARAMS[law]
+    dec = [n for n in DECAY_PARAMS[law] if n in names]
     if not decays:
-        warns.append(f"no curve lowers its LR after the warmup, so {', '.join(dec)} (the annealing term) are not "
+        warns.append(f"no curve lowers its LR after the warmup, so {', '.join(dec)} (the annealing term) {'is' if len(dec) == 1 else 'are'} not "
                      "identified by these curves: add a run with a decay (e.g. a cosine or WSD run)")
+    hidden = [n for n in no_effect if decays or n not in dec]
+    if hidden:
+        warns.append(f"{' and '.join(hidden)} {'has' if len(hidden) == 1 else 'have'} no effect on these curves' "
+                     "predicted losses, so the fit cannot determine "
+                     f"{'it' if len(hidden) == 1 else 'them'}: add runs with other schedules")
     if at_bound:
         vals = ", ".join(f"{n} = {params.get(n, float('nan')):.3g}" for n in at_bound if n in params)
-        warns.append(f"{' and '.join(at_bound)} sit at a bound of the fit ({vals}): these curves do not pin "
+        verb = "sits" if len(at_bound) == 1 else "sit"
+        warns.append(f"{' and '.join(at_bound)} {verb} at a bound of the fit ({vals}): these curves do not pin "
                      f"{'it' if len(at_bound) == 1 else 'them'} down; add runs with other schedules or longer runs")
     if params["L0"] < L0_PLAUSIBLE * ymin:
         warns.append(f"the fitted irreducible loss L0 = {params['L0']:.3g} is implausibly low for losses down to "
@@ -79,13 +86,13 @@ def identifiability(lw, prob, th: np.ndarray, ref: float, data, folds, chosen) -
                      "their length are unreliable")
     seen = set()
     for a, b, r in pairs:
-        if (a, b) in seen or (not decays and a in dec and b in dec):
+        if (a, b) in seen or (not decays and (a in dec or b in dec)):
             continue
         seen.add((a, b))
         hint = ("add a run with a decay of another length or shape" if a in dec or b in dec
                 else "add a longer run")
         warns.append(f"{a} and {b} are not identified by these curves (correlation {r:+.4f}): {hint}")
-    if cond > COND_LIMIT:
+    if cond > COND_LIMIT and not (no_effect and not hidden):
         warns.append(f"the fit is ill-conditioned (Jacobian condition number {cond:.1e}): several parameter "
                      "combinations fit equally well; treat the parameters, not only the predictions, with care")
     for k, (a, b) in spread.items():

@@ -309,6 +309,8 @@ def fit(curves, law: str = "multipower", *, lam: float | None = 0.999, seed: int
     else:
         chosen, validation = _validate(lw, data, basis, seed, restarts)
         folds = validation.pop("_folds")
+        for pub, priv in zip(validation["folds"], folds):     # the fold fits, for robustness checks
+            pub["params"] = lw.to_params(priv["_theta"][str(chosen)], ref)
     th, opt, _ = _solve(lw, data, basis, seed=seed, restarts=restarts, max_nfev=chosen, start=start)
     prob = _Problem(lw, data)
     cov, sigma = _laplace(prob, th)

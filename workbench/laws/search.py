@@ -57,7 +57,7 @@ def _final_loss_grad(fitted: FittedLaw, lrs: np.ndarray, warmup: int) -> tuple[f
 
 def optimize_schedule(fitted: FittedLaw, total_steps: int, family: str = "wsd", *, peak_lr: float | None = None,
                       warmup_steps: int = 0, min_lr: float = 0.0, shapes: Sequence[str] | None = None,
-                      n_knots: int = 40, max_iter: int = 300):
+                      n_knots: int = 40, max_iter: int = 300, band: bool = False, level: float = 0.9):
     """The schedule of a family that minimises the law's predicted final loss.
 
     Args:
@@ -69,8 +69,15 @@ def optimize_schedule(fitted: FittedLaw, total_steps: int, family: str = "wsd", 
             instability, so they would always pick a larger peak if it were free).
         warmup_steps, min_lr: fixed, as in ``schedules.wsd``.
         shapes: decay shapes to try (default: all of ``schedules.DECAY_SHAPES`` that ``min_lr`` allows).
+        band, level: also return the forecast of the final loss with its ``level`` band.
 
-    Returns a workbench Schedule (``wsd`` or, for ``free``, ``piecewise``).
+    Returns a workbench Schedule (``wsd`` or, for ``free``, ``piecewise``); with ``band=True``,
+    ``(schedule, (final, low, high))``.
+
+    Refuses (``ValueError`` with the reason) to search where the law cannot forecast: a peak LR
+    outside the fitted curves' range, a run far longer than they are, or an optimum whose forecast
+    is impossible (below 0 or the fitted floor, or a band wider than the loss); see
+    :meth:`FittedLaw.check_domain`.
 
     >>> from workbench import schedules
     >>> f = FittedLaw("multipower", dict(L0=2.5, A=0.5, alpha=0.4, B=300.0, C=2.0, beta=0.6, gamma=0.5), 1e-3)
@@ -89,8 +96,24 @@ def optimize_schedule(fitted: FittedLaw, total_steps: int, family: str = "wsd", 
     if not 0 <= min_lr < peak_lr:
         raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}), got {min_lr}")
 
+    probe = schedules.constant(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps)
+    reasons = [r for r in fitted.check_domain(probe, level=level) if "peak LR" in r or "longest fitted" in r]
+    if reasons:
+        raise ValueError("optimize_schedule refuses to extrapolate: " + "; ".join(reasons))
+
     def final(s):
         return float(fitted.predict(s, [total_steps - 1])[0])
+
+    def answer(s):
+        bad = fitted.check_domain(s, level=level)
+        if bad:
+            raise ValueError("optimize_schedule found no forecast it can stand behind: " + "; ".join(bad))
+        if not band:
+            return s
+        if fitted.cov is None:
+            raise ValueError("band=True needs a fit with a covariance (made by workbench.laws.fit)")
+        m, lo, hi = fitted.predict(s, [total_steps - 1], band=True, level=level)
+        return s, (float(m[0]), float(lo[0]), float(hi[0]))
 
     if family == "wsd" or family == "free":
         shapes = [s for s in (shapes or schedules.DECAY_SHAPES) if s != "exponential" or min_lr > 0]
@@ -116,8 +139,8 @@ def optimize_schedule(fitted: FittedLaw, total_steps: int, family: str = "wsd", 
                 best = (v, f, shape)
         wsd_best = make(best[1], best[2])
         if family == "wsd":
-            return wsd_best
-        return _free_form(fitted, total_steps, peak_lr, warmup_steps, min_lr, n_knots, max_iter, wsd_best)
+            return answer(wsd_best)
+        return answer(_free_form(fitted, total_steps, peak_lr, warmup_steps, min_lr, n_knots, max_iter, wsd_best))
     raise ValueError(f"unknown family {family!r}; choose 'wsd' or 'free'")
 
 
