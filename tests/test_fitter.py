@@ -179,3 +179,15 @@ def test_fitter_shows_the_fits_warnings(runs):
     f.fit_button.click()
     assert all(html.escape(w) in f.warnings_html.value for w in f.fitted.warnings)
     assert not any("add a run with a decay" in w for w in f.fitted.warnings)
+
+
+def test_live_view_says_why_there_is_no_forecast_yet():
+    s = schedules.cosine(peak_lr=1e-3, total_steps=2000, warmup_steps=100)
+    live = LiveFit(s, law="annealing", min_points=5, min_interval_s=0)
+    f = CurveFitter.live(live, min_interval=0)
+    for t in range(0, 60, 10):                                   # all inside the warmup
+        f({"step": t, "lr": s(t), "loss": 5.0, "val_loss": 5.0})
+    f.refresh(force=True)
+    assert f.fitted is None
+    assert "no forecast yet: fit needs 5 points after warmup (step 100); 0 so far" in f.message.value
+    assert all(len(t.x) == 0 for t in f.figure.data[1:])          # no band, no law curve

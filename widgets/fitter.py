@@ -205,9 +205,11 @@ class CurveFitter(W.VBox):
         self._drawn_refits = live.refits
         if live.fitted is not None:
             self.show_law(live.fitted)
+            self.message.value = f"live fit at step {live.fitted.info.get('live_step', '?')}"
         else:
             self.fitted, self.scores = None, {}
             self._redraw()
+            self.message.value = f"no forecast yet: {html.escape(live.waiting_reason())}"
 
     def steps(self, i: int):
         """The display steps at which curve ``i``'s law curve and band are drawn."""
