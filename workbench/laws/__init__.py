@@ -56,8 +56,24 @@ that two curves share exactly (a two-stage run branched from the constant run) c
 not scored when their curve is left out.
 
 **Uncertainty**: a Laplace (Gauss-Newton) approximation of the parameter covariance from the
-fit's residuals; ``predict(..., band=True)`` returns ``(mean, low, high)`` by the delta method.
-It reflects parameter uncertainty given the law, not the law's own error on unseen schedules.
+fit's residuals (``predict(..., band=True, method="laplace")``: the band of the law's mean, by the
+delta method), and a calibrated band (``method="calibrated"``, the default when available): the
+parameter uncertainty plus the law's relative error on held-out curves, the root-mean-square of the
+leave-one-curve-out residuals (``info["calibration"]``), combined in log space so ``low > 0``.
+
+**What a fit cannot tell** (:mod:`workbench.laws.diagnostics`): every fit reports parameters on a
+bound, the Jacobian's condition number, strongly correlated pairs and the range of the
+leave-one-curve-out fits in ``FittedLaw.identifiability``, and turns them into plain-language
+``FittedLaw.warnings`` ("C and beta are not identified by these curves: add a run with a decay of
+another length or shape"). ``FittedLaw.check_domain(schedule)`` lists reasons not to trust a
+forecast (peak LR outside the fitted range, a run far longer than the fitted ones, a prediction below
+0 or the fitted floor ``L0``, a band wider than the loss); :func:`optimize_schedule` refuses on them;
+:func:`compare_schedules` ranks schedules and calls a difference resolved only when its interval
+excludes 0 and every leave-one-curve-out fit agrees.
+
+Modules: ``core`` (areas, input checks, metrics), ``annealing_law``, ``multipower_law`` (the fast LD
+sum), ``evaluate`` (the laws as functions), ``fitting``, ``fitted`` (:class:`FittedLaw`),
+``diagnostics``, ``compare``, ``search`` (schedule search).
 
 Example:
     >>> import numpy as np
@@ -81,9 +97,14 @@ from .core import (_ETA_FLOOR, _FORMAT, BLOCK_EPS, HUBER_DELTA, LAWS, _drops, _l
 from .compare import ScheduleComparison, compare_schedules  # noqa: F401
 from .evaluate import _eval_params, _law, annealing, multipower  # noqa: F401
 from .fitted import FittedLaw, _json_safe, load_fit  # noqa: F401
-from .fitting import STOP_CANDIDATES, STOP_TOLERANCE, fit  # noqa: F401
-from .multipower_law import _evaluate_chunked, _MPSchedule, _MPStruct, _MultiPower, _walk  # noqa: F401
-from .search import _final_loss_grad, optimize_schedule  # noqa: F401
+from .diagnostics import _decays  # noqa: F401
+from .fitting import (STOP_CANDIDATES, STOP_TOLERANCE, _as_curves, _Data, _dedupe, _grid_starts,  # noqa: F401
+                      _huber_cost, _laplace, _path_at, _Problem, _select_basis, _shared_prefix, _solve, _validate,
+                      fit)
+from .multipower_law import _CHUNK, _evaluate_chunked, _MPSchedule, _MPStruct, _MultiPower, _walk  # noqa: F401
+from .search import _final_loss_grad, _free_form, optimize_schedule  # noqa: F401
+
+# every name of the former single module ``workbench/laws.py`` (private helpers included) stays importable here
 
 __all__ = ["areas", "annealing", "multipower", "LAWS", "fit", "FittedLaw", "load_fit", "optimize_schedule",
            "metrics", "compare_schedules", "ScheduleComparison"]

@@ -166,6 +166,9 @@ class _MultiPower:
     name = "multipower"
     params = LAWS["multipower"]
     free = ["L0", "log_A", "log_alpha", "log_B", "log_C", "log_beta", "log_gamma"]
+    # grid start: wide in the shape parameters (real curves put beta and gamma far from the paper's ~0.5)
+    GRID_GAMMA = (0.25, 0.5, 0.8, 1.2, 1.8)
+    GRID_BETA = (0.05, 0.15, 0.3, 0.6, 1.2)
 
     def __init__(self, eps: float = BLOCK_EPS):
         self.eps = eps
@@ -221,7 +224,7 @@ class _MultiPower:
 
     def grid(self, structs):
         alphas = np.array([0.1, 0.2, 0.35, 0.5, 0.7, 1.0])
-        gammas, betas = [0.25, 0.5, 0.8], [0.3, 0.6, 1.2]
+        gammas, betas = self.GRID_GAMMA, self.GRID_BETA
         crel = [0.01, 0.1, 1.0, 10.0, 100.0]
         out = []
         zpows = {a: [st.z ** (-a) for st in structs] for a in alphas}
