@@ -273,12 +273,12 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
                        description="Fit the annealing or multi-power loss law jointly to training curves "
                                    "(CSV step,lr,loss; run logs .jsonl or run directories; W&B .json; "
                                    "TensorBoard event files) and score its predictions on other runs.")
-    csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict}")
+    csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict,show}")
     f = csub.add_parser("fit", help="fit a law to one or more loss curves, write FIT.json")
     f.add_argument("train", nargs="+", metavar="TRAIN", help="loss logs with different schedules")
     f.add_argument("--law", choices=("annealing", "multipower"), default="multipower", help="[multipower]")
     f.add_argument("--out", required=True, metavar="FIT.json", help="where to write the fitted law")
-    f.add_argument("--loss-key", help="column/key of the loss to fit [val_loss if present, else loss]")
+    _add_reader_flags(f)
     f.add_argument("--lam", type=float, default=0.999, help="annealing law: decay factor lambda [0.999]")
     f.add_argument("--fit-lam", action="store_true", help="annealing law: fit lambda instead of fixing it")
     f.add_argument("--seed", type=int, default=0, help="seed of the random restarts [0]")
@@ -288,9 +288,67 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     pr = csub.add_parser("predict", help="score a fitted law's predictions on other loss curves")
     pr.add_argument("fit", metavar="FIT.json", help="written by `workbench curves fit`")
     pr.add_argument("test", nargs="+", metavar="TEST", help="loss logs to predict")
-    pr.add_argument("--loss-key", help="column/key of the loss [val_loss if present, else loss]")
+    _add_reader_flags(pr)
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.set_defaults(func=_curves_predict)
+    sh = csub.add_parser("show", help="list the runs and metrics found in files or folders (HF, TensorBoard, "
+                                      "W&B, Lightning, run logs) and the keys a fit would use")
+    sh.add_argument("paths", nargs="+", metavar="PATH", help="log files or folders (searched at any depth)")
+    _add_reader_flags(sh)
+    sh.set_defaults(func=_curves_show)
+
+
+def _add_reader_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="which run of a folder holding several (its name as `curves show` lists it)")
+    p.add_argument("--step-key", help="column/key of the step [step, iter, iteration, global_step, "
+                                      "trainer/global_step, train/global_step, then _step]")
+    p.add_argument("--loss-key", help="column/key of the loss [a validation loss if present, else the train loss]")
+    p.add_argument("--lr-key", help="column/key of the learning rate [lr, learning_rate, train/learning_rate, ...]")
+    p.add_argument("--schedule", metavar="SPEC.json", help="the run's schedule (a schedule's to_dict()): the LR "
+                                                           "at every step, for logs without one")
+    p.add_argument("--step-offset", type=int, help="add this to every step [-1 for HF global_step logs, else 0]")
+
+
+def _read_curve_arg(args: argparse.Namespace, path: str):
+    """Read one curve with the reader flags; say on stderr which keys were used."""
+    from workbench import curves
+    from workbench.schedules import load_schedule
+
+    sched = load_schedule(args.schedule) if getattr(args, "schedule", None) else None
+    c = curves.read_curve(path, run=args.run, loss_key=args.loss_key, lr_key=args.lr_key, step_key=args.step_key,
+                          step_offset=args.step_offset, schedule=sched)
+    print(f"{path}: {curves.describe_choices(c.meta['choices'])}", file=sys.stderr)
+    return c
+
+
+def _curves_show(args: argparse.Namespace) -> int:
+    import warnings
+
+    from workbench import curves
+    from workbench.schedules import load_schedule
+
+    sched = load_schedule(args.schedule) if args.schedule else None
+    for path in args.paths:
+        runs = curves.read_runs(path)
+        if args.run is not None:
+            runs = [curves._select_run(runs, args.run, path)]
+        print(f"{path}: {len(runs)} run(s)")
+        for r in runs:
+            print(f"  {r.name}  [{r.format}, {len(r.records)} records]  {r.path}")
+            print(f"    metrics: {', '.join(r.metrics) or 'none'}")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    c = r.curve(loss_key=args.loss_key, lr_key=args.lr_key, step_key=args.step_key,
+                                step_offset=args.step_offset, schedule=sched)
+                print(f"    reads as: {curves.describe_choices(c.meta['choices'])}")
+                print(f"    curve: {len(c)} losses at steps {int(c.steps[0])}..{int(c.steps[-1])}, "
+                      f"{c.total_steps} steps of LR, peak {c.peak_lr:.4g}, warmup {c.warmup}")
+                for w in caught:
+                    print(f"    warning: {w.message}")
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"    cannot fit as is: {exc}")
+    return 0
 
 
 _METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
@@ -299,7 +357,7 @@ _METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
 def _curves_fit(args: argparse.Namespace) -> int:
     from workbench import curves, laws
 
-    train = [curves.read_curve(path, loss_key=args.loss_key) for path in args.train]
+    train = [_read_curve_arg(args, path) for path in args.train]
     fitted = laws.fit(train, law=args.law, lam=None if args.fit_lam else args.lam, seed=args.seed,
                       validate=False if args.no_validate else None)
     fitted.save(args.out)
@@ -328,7 +386,7 @@ def _curves_predict(args: argparse.Namespace) -> int:
     fitted = laws.FittedLaw.load(args.fit)
     rows, preds, ys = [], [], []
     for path in args.test:
-        c = curves.read_curve(path, loss_key=args.loss_key)
+        c = _read_curve_arg(args, path)
         keep = c.steps >= c.warmup
         if not keep.any():
             raise ValueError(f"{path}: no losses after the warmup ({c.warmup} steps) to score")

@@ -660,6 +660,7 @@ def _lrs_124m(config: dict) -> np.ndarray | None:
         cool = 1.0 - s if shape == "linear" else 1.0 - np.sqrt(s)
         lrs = np.where(t < start, peak, peak * cool)
         lrs = np.where(t < warm, peak * (t / warm + (1 - t / warm) / 100), lrs)
+        lrs[t >= total] = 0.0
     else:
         final = float(config.get("cos_final_lr", 0.0))
         e1, e2 = warm - 1, total - 1
@@ -667,9 +668,7 @@ def _lrs_124m(config: dict) -> np.ndarray | None:
         def half_cos(a, b, pct):
             return b + (a - b) / 2 * (np.cos(np.pi * pct) + 1)
 
-        lrs = np.where(t <= e1, half_cos(peak / 100, peak, t / e1),
-                       half_cos(peak, final, np.clip((t - e1) / (e2 - e1), 0.0, 1.0)))
-    lrs[t >= total] = 0.0
+        lrs = np.where(t <= e1, half_cos(peak / 100, peak, t / e1), half_cos(peak, final, (t - e1) / (e2 - e1)))
     return lrs
 
 

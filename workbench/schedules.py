@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "1-square", "exponential", "wsdsc")
+WARMUP_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -117,14 +118,15 @@ def _warmup_factor(t: np.ndarray, warmup: int) -> np.ndarray:
     return t / max(1, warmup)
 
 
-def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float) -> np.ndarray:
-    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done."""
+def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float, cycles: float = 0.5) -> np.ndarray:
+    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done. ``cycles``: cosine
+    periods over the phase (0.5: half a cosine, peak to ``low``; transformers' ``num_cycles``)."""
     if shape == "exponential":
         return peak ** (1.0 - x) * low ** x
     if shape == "linear":
         f = 1.0 - x
     elif shape == "cosine":
-        f = 0.5 * (1.0 + np.cos(np.pi * x))
+        f = 0.5 * (1.0 + np.cos(np.pi * x)) if cycles == 0.5 else 0.5 * (1.0 + np.cos(np.pi * float(cycles) * 2.0 * x))
     elif shape == "1-sqrt":
         f = 1.0 - np.sqrt(x)
     elif shape == "1-square":
@@ -307,11 +309,15 @@ class WSD(Schedule):
     decay_steps: int | None = None
     decay_fraction: float | None = None
     decay: str = "linear"
+    warmup_shape: str = "linear"
+    num_cycles: float = 0.5
 
     def __post_init__(self):
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
         w, n = _check_warmup(self.warmup_steps, self.total_steps)
         _check_shape("decay", self.decay, DECAY_SHAPES)
+        _check_shape("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
+        _check_number("num_cycles", self.num_cycles, low=0.0, strict_low=True)
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0 (it decays geometrically to min_lr); "
                              "set min_lr, e.g. min_lr=0.01*peak_lr, or pick another decay shape")
@@ -334,11 +340,20 @@ class WSD(Schedule):
         return int(round(frac * self.total_steps))
 
     def _lr(self, t):
+        # transformers' get_wsd_schedule: the warmup rises from min_lr (not 0) to the peak
         w, n, d = self.warmup_steps, self.total_steps, self.n_decay
         start = n - d
         x = np.clip((t - start) / max(1, d), 0.0, 1.0)
-        out = np.where(t < start, self.peak_lr, _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr))
-        return np.where(t < w, self.peak_lr * _warmup_factor(t, w), out)
+        out = np.where(t < start, self.peak_lr,
+                       _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr, self.num_cycles))
+        out = np.where(t >= n, self.min_lr, out)         # after the decay: min_lr (whatever num_cycles)
+        p = _warmup_factor(np.minimum(t, w), w)
+        if self.warmup_shape == "cosine":
+            p = 0.5 * (1.0 - np.cos(np.pi * p))
+        elif self.warmup_shape == "1-sqrt":
+            p = 1.0 - np.sqrt(1.0 - p)
+        r = self.min_lr / self.peak_lr
+        return np.where(t < w, self.peak_lr * (p * (1.0 - r) + r), out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -717,17 +732,22 @@ def inverse_sqrt(*, peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 
 def wsd(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
-        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear") -> WSD:
+        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear",
+        warmup_shape: str = "linear", num_cycles: float = 0.5) -> WSD:
     """Warmup-stable-decay (MiniCPM): decay over the last ``decay_steps`` (or ``decay_fraction``, default 0.1).
 
     ``decay`` is one of ``linear``, ``cosine``, ``1-sqrt``, ``1-square``, ``exponential`` (needs
-    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``).
+    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``). As transformers' ``get_wsd_schedule`` (same values
+    to the last bit, ``min_lr_ratio = min_lr / peak_lr``): the warmup rises from ``min_lr`` to the peak
+    with ``warmup_shape`` (``linear``, ``cosine``, ``1-sqrt``); ``num_cycles`` is the number of cosine
+    periods of a ``cosine`` decay (0.5: peak to ``min_lr``).
 
     >>> wsd(peak_lr=1.0, total_steps=100, decay_steps=20)(90)
     0.5
     """
     return WSD(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
-               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay)
+               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay, warmup_shape=warmup_shape,
+               num_cycles=num_cycles)
 
 
 def power(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, a: float = 4.6, b: float = -0.51,
