@@ -55,9 +55,9 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "batch_size": "batch_size", "seq_len": "seq_len", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_batches": "eval_batches",
     "checkpoint_interval": "checkpoint_interval", "target_val_loss": "target_val_loss",
-    "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile",
+    "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile", "log": "log",
 }
-_RESUME_FLAGS = ("steps", "device", "compile")
+_RESUME_FLAGS = ("steps", "device", "compile", "log")
 
 
 def _json_object(text: str) -> dict:
@@ -107,6 +107,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log", metavar="SINKS", help="also write the run for tensorboard and/or wandb (comma-separated; "
+                                                  "HF tag names, next to log.jsonl, W&B offline)")
     p.set_defaults(func=_train)
 
 
