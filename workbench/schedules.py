@@ -199,8 +199,73 @@ class Schedule:
         return f"schedules.{self.family}({args})"
 
     def torch_scheduler(self, optimizer) -> "ScheduleLR":
-        """A torch LR scheduler setting each group's LR to ``self(t) * group.get('lr_scale', 1)``."""
+        """A torch LR scheduler setting each group's LR to ``self(t)`` times the group's ratio
+        (``lr_scale``, or its ``initial_lr`` over the largest one); see :class:`ScheduleLR`."""
         return ScheduleLR(optimizer, self)
+
+    # -- other frameworks' conventions
+    def to_numpy(self, total: int | None = None) -> np.ndarray:
+        """The LR at steps ``0 .. total-1`` as a float64 array (default: the schedule's horizon).
+
+        >>> constant(peak_lr=1.0, total_steps=4, warmup_steps=2).to_numpy(5).tolist()
+        [0.0, 0.5, 1.0, 1.0, 1.0]
+        """
+        return self.lrs(total)
+
+    def _peak(self) -> float:
+        peak = getattr(self, "peak_lr", None)
+        return float(peak) if peak else float(self.lrs().max())
+
+    def as_lambda(self, base_lr: float | None = None) -> Callable[[int], float]:
+        """The multiplier ``t -> self(t) / base_lr`` for ``torch.optim.lr_scheduler.LambdaLR`` (and
+        transformers, accelerate, Lightning, which take a LambdaLR). LambdaLR multiplies each group's
+        initial ``lr`` by it, so build the optimizer with ``lr=base_lr`` (default: the peak LR);
+        groups built with other LRs keep their ratio.
+
+        >>> import torch
+        >>> s = cosine(peak_lr=1e-3, total_steps=10, warmup_steps=2)
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        >>> sch = torch.optim.lr_scheduler.LambdaLR(opt, s.as_lambda())
+        >>> lrs = []
+        >>> for _ in range(10):
+        ...     lrs.append(opt.param_groups[0]["lr"]); opt.step(); sch.step()
+        >>> bool(np.allclose(lrs, s.lrs(), rtol=1e-12, atol=0))
+        True
+        """
+        base = self._peak() if base_lr is None else _check_number("base_lr", base_lr, low=0.0, strict_low=True)
+        table = self.lrs() / base
+        last = float(table[-1])
+
+        def multiplier(step: int) -> float:
+            step = int(step)
+            return float(table[step]) if 0 <= step < table.size else (last if step >= table.size else float(table[0]))
+
+        return multiplier
+
+    def as_optax(self) -> Callable:
+        """An optax-compatible schedule ``count -> lr`` (jax-traceable: a table lookup, so it works
+        under ``jax.jit`` and as ``optax.adamw(learning_rate=...)``). Needs jax."""
+        try:
+            import jax.numpy as jnp
+        except ImportError:
+            raise ValueError("as_optax() needs jax (pip install jax optax); for numpy use to_numpy()") from None
+        table = jnp.asarray(self.lrs(), dtype=jnp.float32)
+        n = int(table.shape[0])
+
+        def schedule(count):
+            return table[jnp.clip(jnp.asarray(count, dtype=jnp.int32), 0, n - 1)]
+
+        return schedule
+
+    @classmethod
+    def from_hf(cls, args, total_steps: int | None = None) -> "Schedule":
+        """The schedule a transformers ``Trainer`` runs with ``args`` (``TrainingArguments``, or a dict
+        of its fields: ``learning_rate``, ``lr_scheduler_type``, ``lr_scheduler_kwargs``,
+        ``warmup_steps``/``warmup_ratio``, ``max_steps``). ``total_steps`` when ``max_steps`` is not set
+        (an epoch-based run). See :func:`workbench.integrations.hf.schedule_from_hf`."""
+        from workbench.integrations.hf import schedule_from_hf
+
+        return schedule_from_hf(args, total_steps=total_steps)
 
     def __repr__(self) -> str:
         return self.to_python().replace("schedules.", "", 1)
@@ -928,11 +993,14 @@ def lr_array(sched_or_lrs: Schedule | Sequence[float] | np.ndarray, total_steps:
 
 # --------------------------------------------------------------------------- torch adapter
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """Sets each param group's LR to ``schedule(t) * group.get('lr_scale', 1.0)``.
+    """Sets each param group's LR to ``schedule(t) * ratio`` of the group.
 
-    Absolute values, whatever ``lr`` the optimizer was built with. The state is just the step
-    (plus the schedule as a dict, for checking), so it loads with ``torch.load(weights_only=True)``
-    and resumes exactly: restore the optimizer's state, then the scheduler's.
+    Absolute values, whatever ``lr`` the optimizer was built with. A group's ratio is its
+    ``lr_scale`` if any group has one (default 1.0), else its ``initial_lr`` (the LR it was built
+    with, the torch/HF convention) over the largest group's: groups built with different LRs keep
+    their ratio, and the largest follows the schedule exactly. The state is just the step (plus the
+    schedule as a dict, checked on load), so it loads with ``torch.load(weights_only=True)`` and
+    resumes exactly: restore the optimizer's state, then the scheduler's.
 
     Example:
         >>> import torch
@@ -949,9 +1017,18 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         self.schedule = schedule
         super().__init__(optimizer, last_epoch)
 
+    def ratios(self) -> list[float]:
+        """Each group's multiplier of the schedule (see the class docstring)."""
+        groups = self.optimizer.param_groups
+        if any("lr_scale" in g for g in groups):
+            return [float(g.get("lr_scale", 1.0)) for g in groups]
+        init = [float(g.get("initial_lr", g["lr"])) for g in groups]
+        top = max(init) if init else 0.0
+        return [v / top if top > 0 else 1.0 for v in init]
+
     def get_lr(self):
         lr = self.schedule(max(0, int(self.last_epoch)))
-        return [lr * float(g.get("lr_scale", 1.0)) for g in self.optimizer.param_groups]
+        return [lr * r for r in self.ratios()]
 
     _get_closed_form_lr = get_lr
 
@@ -960,6 +1037,16 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
                 "_step_count": int(getattr(self, "_step_count", 0))}
 
     def load_state_dict(self, state_dict):
+        saved = state_dict.get("schedule")
+        if saved is not None:
+            try:
+                same = schedule_from_dict(saved) == self.schedule
+            except (ValueError, TypeError):
+                same = False
+            if not same:
+                raise ValueError(f"this scheduler state was saved with another schedule ({saved!r}) than this "
+                                 f"scheduler's ({self.schedule.to_dict()!r}); build the scheduler with the saved "
+                                 "schedule (schedule_from_dict(state['schedule'])) to resume that run")
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         lrs = self.get_lr()
