@@ -1011,10 +1011,12 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         1.0
     """
 
-    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1):
+    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1, steps_per_update: int = 1):
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule must be a workbench Schedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        # calls of step() per optimizer update (accelerate's prepared scheduler steps N times on N processes)
+        self.steps_per_update = _check_int("steps_per_update", steps_per_update, low=1)
         super().__init__(optimizer, last_epoch)
 
     def ratios(self) -> list[float]:
@@ -1027,14 +1029,14 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return [v / top if top > 0 else 1.0 for v in init]
 
     def get_lr(self):
-        lr = self.schedule(max(0, int(self.last_epoch)))
+        lr = self.schedule(max(0, int(self.last_epoch)) // self.steps_per_update)
         return [lr * r for r in self.ratios()]
 
     _get_closed_form_lr = get_lr
 
     def state_dict(self):
         return {"last_epoch": int(self.last_epoch), "schedule": self.schedule.to_dict(),
-                "_step_count": int(getattr(self, "_step_count", 0))}
+                "_step_count": int(getattr(self, "_step_count", 0)), "steps_per_update": self.steps_per_update}
 
     def load_state_dict(self, state_dict):
         saved = state_dict.get("schedule")
