@@ -68,5 +68,4 @@ def lightning_scheduler(schedule: Schedule, optimizer: torch.optim.Optimizer) ->
     optimizer update (``interval="step"``, ``frequency=1``)."""
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a workbench Schedule, got {type(schedule).__name__}")
-    return {"scheduler": ScheduleLR(optimizer, schedule), "interval": "step", "frequency": 1,
-            "name": f"workbench/{schedule.family}"}
+    return {"scheduler": ScheduleLR(optimizer, schedule), "interval": "step", "frequency": 1}
