@@ -266,3 +266,47 @@ def test_tensorboard_reader_matches_tensorboards_own(tmp_path):
         theirs = [(e.step, e.value) for e in acc.Scalars(tag)]
         ours = [(r["step"], r[tag]) for _, r in run.records if tag in r]
         assert ours == [(s, pytest.approx(v, rel=1e-7)) for s, v in theirs]
+
+
+# --------------------------------------------------------------------------- any input: an answer or a clear error
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CELLS = st.one_of(st.integers(-3, 10**21), st.floats(allow_nan=True, allow_infinity=True), st.just(""),
+                   st.text(max_size=5), st.none(), st.booleans())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["csv", "json", "jsonl", "bytes", "tfevents"]),
+       rows=st.lists(st.dictionaries(st.sampled_from(["step", "iter", "_step", "lr", "loss", "val_loss", "x"]),
+                                     _CELLS, max_size=5), max_size=6),
+       raw=st.binary(max_size=200))
+def test_readers_answer_or_raise_a_clear_error(tmp_path_factory, kind, rows, raw):
+    import warnings
+
+    d = tmp_path_factory.mktemp("h")
+    if kind == "csv":
+        cols = sorted({k for r in rows for k in r}) or ["step"]
+        text = ",".join(cols) + "\n" + "".join(",".join(str(r.get(c, "")) for c in cols) + "\n" for r in rows)
+        p = d / "run.csv"
+        p.write_text(text)
+    elif kind == "json":
+        p = d / "run.json"
+        p.write_text(json.dumps(rows))
+    elif kind == "jsonl":
+        p = d / "log.jsonl"
+        p.write_text("\n".join(json.dumps(r) for r in rows))
+    elif kind == "bytes":
+        p = d / "run.csv"
+        p.write_bytes(raw)
+    else:
+        p = d / "events.out.tfevents.9.host"
+        p.write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            c = read_curve(p)
+        except (ValueError, FileNotFoundError) as exc:
+            assert str(p) in str(exc) or p.name in str(exc), str(exc)
+            return
+    assert np.all(c.losses > 0) and np.all(np.isfinite(c.lrs)) and c.total_steps <= curves.MAX_STEPS
