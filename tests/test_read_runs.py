@@ -310,3 +310,20 @@ def test_readers_answer_or_raise_a_clear_error(tmp_path_factory, kind, rows, raw
             assert str(p) in str(exc) or p.name in str(exc), str(exc)
             return
     assert np.all(c.losses > 0) and np.all(np.isfinite(c.lrs)) and c.total_steps <= curves.MAX_STEPS
+
+
+def test_cli_schedule_from_hf_training_arguments_json(tmp_path, capsys):
+    from transformers import TrainingArguments
+
+    from workbench import schedules
+
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=10,
+                             max_steps=100, report_to=[], use_cpu=True)
+    (tmp_path / "args.json").write_text(args.to_json_string())
+    p = tmp_path / "metrics.csv"
+    p.write_text("iter,loss\n" + "".join(f"{t},{3 - t / 100}\n" for t in range(10, 100, 10)))
+    assert cli.main(["curves", "show", str(p), "--schedule", str(tmp_path / "args.json")]) == 0
+    out = capsys.readouterr().out
+    assert "LR from the schedule given (--schedule)" in out and "100 steps of LR, peak 0.001, warmup 10" in out
+    c = read_curve(p, schedule=schedules.Schedule.from_hf(json.loads(args.to_json_string())))
+    np.testing.assert_allclose(c.lrs, schedules.cosine(peak_lr=1e-3, total_steps=100, warmup_steps=10).lrs())

@@ -306,17 +306,36 @@ def _add_reader_flags(p: argparse.ArgumentParser) -> None:
                                       "trainer/global_step, train/global_step, then _step]")
     p.add_argument("--loss-key", help="column/key of the loss [a validation loss if present, else the train loss]")
     p.add_argument("--lr-key", help="column/key of the learning rate [lr, learning_rate, train/learning_rate, ...]")
-    p.add_argument("--schedule", metavar="SPEC.json", help="the run's schedule (a schedule's to_dict()): the LR "
-                                                           "at every step, for logs without one")
+    p.add_argument("--schedule", metavar="SPEC.json", help="the run's schedule: a SPEC.json (a schedule's to_dict()) "
+                                                           "or an HF TrainingArguments JSON (to_json_string()); the "
+                                                           "LR at every step, for logs without one")
     p.add_argument("--step-offset", type=int, help="add this to every step [-1 for HF global_step logs, else 0]")
+
+
+def _schedule_arg(path: str | None):
+    """``--schedule``: a SPEC.json, or the JSON of HF ``TrainingArguments`` (``Schedule.from_hf``)."""
+    if not path:
+        return None
+    from workbench.schedules import Schedule, load_schedule
+
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        d = None
+    if isinstance(d, dict) and "family" not in d and "lr_scheduler_type" in d:
+        try:
+            return Schedule.from_hf(d)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return load_schedule(path)
 
 
 def _read_curve_arg(args: argparse.Namespace, path: str):
     """Read one curve with the reader flags; say on stderr which keys were used."""
     from workbench import curves
-    from workbench.schedules import load_schedule
 
-    sched = load_schedule(args.schedule) if getattr(args, "schedule", None) else None
+    sched = _schedule_arg(getattr(args, "schedule", None))
     c = curves.read_curve(path, run=args.run, loss_key=args.loss_key, lr_key=args.lr_key, step_key=args.step_key,
                           step_offset=args.step_offset, schedule=sched)
     print(f"{path}: {curves.describe_choices(c.meta['choices'])}", file=sys.stderr)
@@ -327,9 +346,8 @@ def _curves_show(args: argparse.Namespace) -> int:
     import warnings
 
     from workbench import curves
-    from workbench.schedules import load_schedule
 
-    sched = load_schedule(args.schedule) if args.schedule else None
+    sched = _schedule_arg(args.schedule)
     for path in args.paths:
         runs = curves.read_runs(path)
         if args.run is not None:
