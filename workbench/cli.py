@@ -56,10 +56,10 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_batches": "eval_batches",
     "checkpoint_interval": "checkpoint_interval", "checkpoint_minutes": "checkpoint_minutes",
     "target_val_loss": "target_val_loss",
-    "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile",
+    "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile", "log": "log",
     "parallel": "parallel", "activation_checkpointing": "activation_checkpointing",
 }
-_RESUME_FLAGS = ("steps", "device", "compile")
+_RESUME_FLAGS = ("steps", "device", "compile", "log")
 
 
 def _json_object(text: str) -> dict:
@@ -117,6 +117,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="with --parallel fsdp: recompute each block's activations in the backward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log", metavar="SINKS", help="also write the run for tensorboard and/or wandb (comma-separated; "
+                                                  "HF tag names, next to log.jsonl, W&B offline)")
     p.set_defaults(func=_train)
 
 
@@ -273,10 +275,11 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curves", help="fit loss-curve laws to runs and predict other schedules",
                        description="Fit the annealing or multi-power loss law jointly to training curves "
                                    "(CSV step,lr,loss; run logs .jsonl or run directories; W&B .json; "
-                                   "TensorBoard event files; bundled real curves as assets:124m/RUN) and score its "
-                                   "predictions on other runs. The 124M split: `workbench curves fit --split 124m "
-                                   "--out fit.json` then `workbench curves predict fit.json --split 124m`.")
-    csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict}")
+                                   "TensorBoard event files; HF, Lightning and W&B folders; bundled real curves as "
+                                   "assets:124m/RUN) and score its predictions on other runs. The 124M split: "
+                                   "`workbench curves fit --split 124m --out fit.json` then "
+                                   "`workbench curves predict fit.json --split 124m`.")
+    csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict,show}")
     f = csub.add_parser("fit", help="fit a law to one or more loss curves, write FIT.json")
     f.add_argument("train", nargs="*", metavar="TRAIN",
                    help="loss logs with different schedules (or assets:124m/RUN for a bundled real curve)")
@@ -284,7 +287,7 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
     f.add_argument("--law", choices=("annealing", "multipower"), default="multipower", help="[multipower]")
     f.add_argument("--out", required=True, metavar="FIT.json", help="where to write the fitted law")
-    f.add_argument("--loss-key", help="column/key of the loss to fit [val_loss if present, else loss]")
+    _add_reader_flags(f)
     f.add_argument("--lam", type=float, default=0.999, help="annealing law: decay factor lambda [0.999]")
     f.add_argument("--fit-lam", action="store_true", help="annealing law: fit lambda instead of fixing it")
     f.add_argument("--seed", type=int, default=0, help="seed of the random restarts [0]")
@@ -298,9 +301,85 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
     pr.add_argument("--band", type=float, default=0.9, metavar="LEVEL",
                     help="report how often the calibrated LEVEL band holds the measured loss [0.9]")
-    pr.add_argument("--loss-key", help="column/key of the loss [val_loss if present, else loss]")
+    _add_reader_flags(pr)
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.set_defaults(func=_curves_predict)
+    sh = csub.add_parser("show", help="list the runs and metrics found in files or folders (HF, TensorBoard, "
+                                      "W&B, Lightning, run logs) and the keys a fit would use")
+    sh.add_argument("paths", nargs="+", metavar="PATH", help="log files or folders (searched at any depth)")
+    _add_reader_flags(sh)
+    sh.set_defaults(func=_curves_show)
+
+
+def _add_reader_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="which run of a folder holding several (its name as `curves show` lists it)")
+    p.add_argument("--step-key", help="column/key of the step [step, iter, iteration, global_step, "
+                                      "trainer/global_step, train/global_step, then _step]")
+    p.add_argument("--loss-key", help="column/key of the loss [a validation loss if present, else the train loss]")
+    p.add_argument("--lr-key", help="column/key of the learning rate [lr, learning_rate, train/learning_rate, ...]")
+    p.add_argument("--schedule", metavar="SPEC.json", help="the run's schedule: a SPEC.json (a schedule's to_dict()) "
+                                                           "or an HF TrainingArguments JSON (to_json_string()); the "
+                                                           "LR at every step, for logs without one")
+    p.add_argument("--step-offset", type=int, help="add this to every step [-1 for HF global_step logs, else 0]")
+
+
+def _schedule_arg(path: str | None):
+    """``--schedule``: a SPEC.json, or the JSON of HF ``TrainingArguments`` (``Schedule.from_hf``)."""
+    if not path:
+        return None
+    from workbench.schedules import Schedule, load_schedule
+
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        d = None
+    if isinstance(d, dict) and "family" not in d and "lr_scheduler_type" in d:
+        try:
+            return Schedule.from_hf(d)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return load_schedule(path)
+
+
+def _read_curve_arg(args: argparse.Namespace, path: str):
+    """Read one curve with the reader flags; say on stderr which keys were used."""
+    from workbench import curves
+
+    sched = _schedule_arg(getattr(args, "schedule", None))
+    c = curves.read_curve(path, run=args.run, loss_key=args.loss_key, lr_key=args.lr_key, step_key=args.step_key,
+                          step_offset=args.step_offset, schedule=sched)
+    print(f"{path}: {curves.describe_choices(c.meta['choices'])}", file=sys.stderr)
+    return c
+
+
+def _curves_show(args: argparse.Namespace) -> int:
+    import warnings
+
+    from workbench import curves
+
+    sched = _schedule_arg(args.schedule)
+    for path in args.paths:
+        runs = curves.read_runs(path)
+        if args.run is not None:
+            runs = [curves._select_run(runs, args.run, path)]
+        print(f"{path}: {len(runs)} run(s)")
+        for r in runs:
+            print(f"  {r.name}  [{r.format}, {len(r.records)} records]  {r.path}")
+            print(f"    metrics: {', '.join(r.metrics) or 'none'}")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    c = r.curve(loss_key=args.loss_key, lr_key=args.lr_key, step_key=args.step_key,
+                                step_offset=args.step_offset, schedule=sched)
+                print(f"    reads as: {curves.describe_choices(c.meta['choices'])}")
+                print(f"    curve: {len(c)} losses at steps {int(c.steps[0])}..{int(c.steps[-1])}, "
+                      f"{c.total_steps} steps of LR, peak {c.peak_lr:.4g}, warmup {c.warmup}")
+                for w in caught:
+                    print(f"    warning: {w.message}")
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"    cannot fit as is: {exc}")
+    return 0
 
 
 _METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
@@ -315,8 +394,7 @@ def _curve_args(args: argparse.Namespace, paths: list[str], part: str) -> list:
         return assets.curves(args.split, lr=args.lr, split=part)
     if not paths:
         raise ValueError(f"no {part} curves: give loss logs (or assets:124m/RUN), or --split 124m")
-    return [assets.resolve_curve(p) if p.startswith("assets:") else curves.read_curve(p, loss_key=args.loss_key)
-            for p in paths]
+    return [assets.resolve_curve(p) if p.startswith("assets:") else _read_curve_arg(args, p) for p in paths]
 
 
 def _curves_fit(args: argparse.Namespace) -> int:

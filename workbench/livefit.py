@@ -242,10 +242,15 @@ class LiveFit:
     def from_run_log(cls, path: str | os.PathLike, schedule: Schedule | None = None, **kwargs) -> "LiveFit":
         """Follow a run log (``log.jsonl`` or its run directory); call ``poll()`` to read new lines.
 
-        Without ``schedule`` the run directory's ``config.json`` provides it."""
+        Without ``schedule`` the run directory's ``config.json`` provides it (or the ``schedule.json``
+        that ``integrations.hf.WorkbenchCallback`` saves next to an HF run's log)."""
         path = os.fspath(path)
         run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         log = os.path.join(path, "log.jsonl") if os.path.isdir(path) else path
+        if schedule is None and os.path.exists(os.path.join(run_dir, "schedule.json")):
+            from workbench.schedules import load_schedule
+
+            schedule = load_schedule(os.path.join(run_dir, "schedule.json"))
         if schedule is None:
             if not os.path.exists(os.path.join(run_dir, "config.json")):
                 raise ValueError(f"{path}: no schedule given and no config.json next to the log; pass "

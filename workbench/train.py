@@ -84,7 +84,6 @@ import inspect
 import math
 import os
 import random
-import resource
 import sys
 import threading
 import time
@@ -99,6 +98,12 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import interrupts
 from .runlock import RunLock
+from .sinks import open_sinks, parse_log_targets
+
+try:
+    import resource
+except ImportError:   # Windows: no resource module; peak_mem is then reported for CUDA only
+    resource = None
 from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
@@ -181,8 +186,11 @@ class TrainConfig:
     val_domain: str | None = None          # with val_data={domain: blocks}: the domain of val_loss (None: first)
     mer_interval: int = 0                  # meta-experience replay every k updates; 0: off
     mer_beta: float = 0.01                 # MER interpolation factor (public code: k=500, beta=0.01)
+    log: Any = ()                          # extra sinks next to log.jsonl: "tensorboard,wandb" (workbench.sinks)
 
     def __post_init__(self):
+        self.log = list(parse_log_targets(self.log))
+
         def positive_int(name, value, low=1):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -384,6 +392,8 @@ class ProgressBar:
 def _peak_mem(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if resource is None:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -1018,6 +1028,8 @@ class Trainer:
         if self.run_dir is not None and self.is_main and self._run_lock is None:
             self._run_lock = RunLock(self.run_dir).acquire()      # run again after a previous run() ended
         self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
+        sinks = open_sinks(cfg.log, self.run_dir, cfg.to_dict()) if self.is_main else []
+        self.callbacks.extend(sinks)
         bar = ProgressBar(self.stop_step, initial=self.step) if (cfg.progress and self.is_main) else None
         if bar is not None:
             self.callbacks.append(bar)
@@ -1087,6 +1099,10 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
             self._log = None
+            for sink in sinks:
+                sink.close()
+                if sink in self.callbacks:
+                    self.callbacks.remove(sink)
             self.close()
             if self._owns_process_group:
                 import torch.distributed as dist

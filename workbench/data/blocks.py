@@ -87,9 +87,7 @@ def _hash_split(texts, text_column_hint: str = "") -> Callable[[str], list[str]]
 
 
 def _import_datasets():
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
+    import datasets      # offline switches: only around the calls (workbench.hf_offline)
 
     return datasets
 
@@ -133,10 +131,13 @@ def _file_source(path: Path, text_column: str, cache_dir) -> _Source:
 
     def texts():
         if "ds" not in loaded:
+            from workbench import hf_offline
+
             datasets = _import_datasets()
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
-                                       cache_dir=str(cache_root(cache_dir) / "datasets"), **kwargs)
+            with hf_offline():
+                ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                           cache_dir=str(cache_root(cache_dir) / "datasets"), **kwargs)
             col = _column(ds, text_column, f"data {str(path)!r}")
             if builder == "text":  # paragraphs: newlines at either end are separators
                 col = [t.strip("\n") for t in col]
