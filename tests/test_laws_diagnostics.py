@@ -48,7 +48,10 @@ def test_warnings_survive_json(tmp_path, mp_fit):
     g.save(tmp_path / "f.json")
     h = laws.load_fit(tmp_path / "f.json")
     assert h.warnings == g.warnings and h.identifiability["at_bound"] == g.identifiability["at_bound"]
-    assert h.floor == g.params["L0"]
+    assert h.floor == g.floor
+    # the floor is L0 minus the law's largest annealing gain at the fitted peak LR: C * peak / (1 - lam)
+    peak = g.info["domain"]["peak_lr"][1]
+    assert g.floor == pytest.approx(g.params["L0"] - g.params["C"] * peak / (1 - g.params["lam"]))
 
 
 @pytest.mark.parametrize("law,params", [("annealing", AN), ("multipower", MP)])
@@ -107,10 +110,14 @@ def test_check_domain_flags_each_reason(mp_fit):
     s = schedules.wsd(peak_lr=1e-3, total_steps=10_000, warmup_steps=100, decay_fraction=0.5)
     assert f.predict(s, [9999])[0] < 0
     assert any("negative loss" in r for r in f.check_domain(s))
-    # below the fitted floor L0 but positive
+    # below L0 is fine (long decays end there) as long as the law can reach it at the fitted peak LR;
+    # below the law's floor (L0 - C * peak / (1 - lam) = 2.0 - 0.3 = 1.7) is not, even if positive
     g = laws.FittedLaw("annealing", dict(L0=2.0, A=0.5, alpha=0.5, C=0.3, lam=0.999), 1e-3)
-    assert 0 < g.predict(s, [9999])[0] < 2.0
-    assert any("below its own irreducible loss" in r for r in g.check_domain(s))
+    assert g.floor == pytest.approx(1.7)
+    assert g.floor < g.predict(s, [9999])[0] < 2.0 and not any("lowest loss" in r for r in g.check_domain(s))
+    hot = schedules.wsd(peak_lr=4e-3, total_steps=10_000, warmup_steps=100, decay_fraction=0.5)
+    assert 0 < g.predict(hot, [9999])[0] < g.floor
+    assert any("below the lowest loss it can reach" in r for r in g.check_domain(hot))
 
 
 def test_compare_schedules_orders_and_resolves(mp_fit):

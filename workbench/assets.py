@@ -33,15 +33,16 @@ __all__ = ["ASSETS_DIR", "RUNS", "RUN_SETTINGS", "PRETRAINED_SETTINGS", "bundled
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 STEPS, PEAK, WARMUP = 1000, 3e-3, 50
-# the schedules of the bundled runs, all with the same budget
+# the schedules of the bundled runs, all with the same budget (the WSD warmups start at 0, as when they were
+# made, before wsd() followed transformers in starting the warmup at min_lr)
 RUNS: dict[str, schedules.Schedule] = {
     "constant": schedules.constant(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP),
     "cosine": schedules.cosine(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, min_lr=PEAK / 10),
     "linear": schedules.linear(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, min_lr=PEAK / 10),
     "wsd10": schedules.wsd(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, decay_fraction=0.1,
-                           min_lr=PEAK / 10),
+                           min_lr=PEAK / 10, warmup_start_lr=0.0),
     "wsd20": schedules.wsd(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, decay_fraction=0.2,
-                           min_lr=PEAK / 10),
+                           min_lr=PEAK / 10, warmup_start_lr=0.0),
     "multistep": schedules.multistep(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP,
                                      milestones=(0.8, 0.9), factors=(0.316, 0.1)),
 }

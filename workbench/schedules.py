@@ -388,10 +388,13 @@ class WSD(Schedule):
     decay: str = "linear"
     warmup_shape: str = "linear"
     num_cycles: float = 0.5
+    warmup_start_lr: float | None = None
 
     def __post_init__(self):
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
         w, n = _check_warmup(self.warmup_steps, self.total_steps)
+        if self.warmup_start_lr is not None:
+            _check_number("warmup_start_lr", self.warmup_start_lr, low=0.0, high=peak)
         _check_shape("decay", self.decay, DECAY_SHAPES)
         _check_shape("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
         _check_number("num_cycles", self.num_cycles, low=0.0, strict_low=True)
@@ -429,7 +432,7 @@ class WSD(Schedule):
             p = 0.5 * (1.0 - np.cos(np.pi * p))
         elif self.warmup_shape == "1-sqrt":
             p = 1.0 - np.sqrt(1.0 - p)
-        r = self.min_lr / self.peak_lr
+        r = (self.min_lr if self.warmup_start_lr is None else self.warmup_start_lr) / self.peak_lr
         return np.where(t < w, self.peak_lr * (p * (1.0 - r) + r), out)
 
 
@@ -812,21 +815,23 @@ def inverse_sqrt(*, peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 def wsd(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
         decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear",
-        warmup_shape: str = "linear", num_cycles: float = 0.5) -> WSD:
+        warmup_shape: str = "linear", num_cycles: float = 0.5, warmup_start_lr: float | None = None) -> WSD:
     """Warmup-stable-decay (MiniCPM): decay over the last ``decay_steps`` (or ``decay_fraction``, default 0.1).
 
     ``decay`` is one of ``linear``, ``cosine``, ``1-sqrt``, ``1-square``, ``exponential`` (needs
     ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``). As transformers' ``get_wsd_schedule`` (same values
     to the last bit, ``min_lr_ratio = min_lr / peak_lr``): the warmup rises from ``min_lr`` to the peak
     with ``warmup_shape`` (``linear``, ``cosine``, ``1-sqrt``); ``num_cycles`` is the number of cosine
-    periods of a ``cosine`` decay (0.5: peak to ``min_lr``).
+    periods of a ``cosine`` decay (0.5: peak to ``min_lr``). ``warmup_start_lr`` starts the warmup
+    elsewhere (``0.0``: from zero, the workbench's behaviour before this parity fix; schedules saved
+    then, such as the bundled runs', carry it).
 
     >>> wsd(peak_lr=1.0, total_steps=100, decay_steps=20)(90)
     0.5
     """
     return WSD(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
                decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay, warmup_shape=warmup_shape,
-               num_cycles=num_cycles)
+               num_cycles=num_cycles, warmup_start_lr=warmup_start_lr)
 
 
 def power(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, a: float = 4.6, b: float = -0.51,

@@ -50,8 +50,26 @@ class FittedLaw:
 
     @property
     def floor(self) -> float:
-        """The fitted irreducible loss ``L0``: no forecast is ever shown below it."""
-        return float(self.params["L0"])
+        """The lowest loss this law can reach at the fitted peak LR: no forecast is shown below it.
+
+        ``L0`` is the loss at infinite LR area *before* the annealing bonus: real runs do end below it
+        after a long decay (the 124M cooldowns do), so the floor is ``L0`` minus the largest bonus the
+        law can give: ``B * eta_peak`` for the multi-power law (``LD <= B * sum of the drops``) and
+        ``C * eta_peak / (1 - lam)`` for the annealing law (``S2 <= sum of the drops / (1 - lam)``),
+        with ``eta_peak`` the highest peak LR of the fitted curves.
+
+        >>> FittedLaw("multipower", dict(L0=2.5, A=0.5, alpha=0.4, B=300.0, C=2.0, beta=0.6, gamma=0.5),
+        ...           1e-3).floor
+        2.2
+        """
+        p = self.params
+        dom = self.info.get("domain") or {}
+        peak = float(dom["peak_lr"][1]) if dom.get("peak_lr") else float(self.eta_ref)
+        if self.law == "multipower":
+            bonus = float(p["B"]) * peak
+        else:
+            bonus = float(p["C"]) * peak / max(1.0 - float(p.get("lam", 0.999)), 1e-12)
+        return float(p["L0"]) - max(bonus, 0.0)
 
     @property
     def warnings(self) -> list[str]:
@@ -118,7 +136,7 @@ class FittedLaw:
 
         Flags a peak LR outside the fitted curves' range (by more than ``lr_tolerance`` of it), a run
         more than ``max_length_ratio`` times longer than the longest fitted curve, a predicted loss below
-        the fitted floor ``L0`` or below 0, and a ``level`` band at the final step wider than the loss.
+        the law's floor (:attr:`floor`) or below 0, and a ``level`` band at the final step wider than the loss.
 
         >>> from workbench import schedules
         >>> f = FittedLaw("multipower", dict(L0=2.5, A=0.5, alpha=0.4, B=300.0, C=2.0, beta=0.6, gamma=0.5),
@@ -150,8 +168,8 @@ class FittedLaw:
         if low < 0:
             reasons.append(f"the law predicts a negative loss ({low:.4g}): impossible, so no forecast")
         elif low < self.floor:
-            reasons.append(f"the law predicts {low:.4g}, below its own irreducible loss L0 = {self.floor:.4g}: "
-                           "outside where it holds")
+            reasons.append(f"the law predicts {low:.4g}, below the lowest loss it can reach ({self.floor:.4g}: L0 "
+                           "minus its largest annealing gain): outside where it holds")
         if self.cov is not None:
             m, lo_, hi_ = self.predict(lrs, [n - 1], band=True, level=level, warmup_steps=w)
             if hi_[0] - lo_[0] > abs(m[0]):
