@@ -57,6 +57,13 @@ is part of the checkpoint, so a resumed run interpolates exactly as an uninterru
 Multi-GPU: run the same script under ``torchrun``; WORLD_SIZE/RANK/LOCAL_RANK select DDP
 (nccl on CUDA, gloo on CPU), every rank reads its slice of each global batch, and only rank 0
 writes files, calls subscribers and draws the progress bar. ``batch_size`` is per rank.
+``parallel="fsdp"`` shards the model with FSDP2 instead (:mod:`workbench.distributed`: each block
+and the root ``fully_shard``-ed, bf16 compute with fp32 gradient reduction on CUDA, optional
+``activation_checkpointing``, ``compile`` per block): parameters, gradients and optimizer state
+are split over the ranks, and each checkpoint directory ``checkpoints/step-N`` holds every rank's
+DCP shards, ``state.pt`` and the gathered ``model.safetensors`` (exported to the run's root).
+Such a run resumes on any number of processes (``grad_accum`` is rescaled to keep the global
+batch); with one process FSDP runs on a one-rank process group.
 ``stop_event``/``pause_event`` are for single-process runs (a notebook); a DDP run stops at
 ``steps`` or when killed, and resumes from its checkpoint (a shared run directory for multi-node).
 
@@ -77,7 +84,6 @@ import inspect
 import math
 import os
 import random
-import resource
 import sys
 import threading
 import time
@@ -92,6 +98,12 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import interrupts
 from .runlock import RunLock
+from .sinks import open_sinks, parse_log_targets
+
+try:
+    import resource
+except ImportError:   # Windows: no resource module; peak_mem is then reported for CUDA only
+    resource = None
 from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
@@ -166,14 +178,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"                    # "auto" = bf16 autocast on CUDA, fp32 elsewhere
-    compile: bool = False
+    compile: bool = False                  # fsdp: each block compiled before sharding
+    parallel: str = "auto"                 # "auto" (DDP under torchrun), "none", "ddp" or "fsdp" (FSDP2)
+    activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
     track_update_norm: bool = True         # False skips the per-step copy of the weights (update_norm None)
     progress: bool = True
     val_domain: str | None = None          # with val_data={domain: blocks}: the domain of val_loss (None: first)
     mer_interval: int = 0                  # meta-experience replay every k updates; 0: off
     mer_beta: float = 0.01                 # MER interpolation factor (public code: k=500, beta=0.01)
+    log: Any = ()                          # extra sinks next to log.jsonl: "tensorboard,wandb" (workbench.sinks)
 
     def __post_init__(self):
+        self.log = list(parse_log_targets(self.log))
+
         def positive_int(name, value, low=1):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -194,6 +211,10 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
         if self.grad_clip is not None and not (self.grad_clip >= 0):
             raise ValueError(f"grad_clip must be >= 0 or None (no clipping), got {self.grad_clip!r}")
+        if self.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'auto', 'none', 'ddp' or 'fsdp', got {self.parallel!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"activation_checkpointing must be True or False, got {self.activation_checkpointing!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
@@ -371,6 +392,8 @@ class ProgressBar:
 def _peak_mem(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if resource is None:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -464,16 +487,21 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = self._pick_device(cfg.device)
+        if cfg.parallel == "none" and self.world_size > 1:
+            raise ValueError(f"parallel='none' but WORLD_SIZE={self.world_size} (torchrun); use parallel='ddp' "
+                             "or 'fsdp', or run a single process")
+        #: "fsdp" (FSDP2, also on one process), "ddp" (several processes) or "none"
+        self.parallel = "fsdp" if cfg.parallel == "fsdp" else ("ddp" if self.world_size > 1 else "none")
         self._owns_process_group = False
-        if self.world_size > 1:
-            import torch.distributed as dist
+        if self.world_size > 1 or self.parallel == "fsdp":
+            from .distributed import init_distributed
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-                self._owns_process_group = True
+            self._owns_process_group = init_distributed(self.device)
         self.is_main = self.rank == 0
         use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        # FSDP2 computes in bf16 through its mixed-precision policy (fp32 gradient reduction) instead
+        self.autocast_dtype = torch.bfloat16 if use_bf16 and self.parallel != "fsdp" else None
+        self._fsdp_bf16 = use_bf16 and self.parallel == "fsdp"
 
         # -- the run directory: one run per directory, one writer per run (a lock released by the OS on kill)
         self._run_lock = None
@@ -492,6 +520,22 @@ class Trainer:
             if given is None and isinstance(value, str) and value.startswith("<python:"):
                 raise ValueError(f"this run's {name} was a Python object ({value}); pass it again "
                                  f"({'model' if name == 'model' else 'train_data'}=...) to resume")
+
+        self._sharded_ckpt = None
+        if resume and self.run_dir is not None:
+            from .distributed import latest_checkpoint, read_checkpoint_state
+
+            self._sharded_ckpt = latest_checkpoint(self.run_dir)
+            if self._sharded_ckpt is not None and self.parallel != "fsdp":
+                raise ValueError(f"{self.run_dir!r} holds sharded (FSDP) checkpoints; resume it with "
+                                 "parallel='fsdp' (--parallel fsdp), on any number of processes")
+            if self._sharded_ckpt is None and self.parallel == "fsdp" and ckpt.has_checkpoint(self.run_dir):
+                raise ValueError(f"{self.run_dir!r} holds an unsharded checkpoint (a single-process or DDP run); "
+                                 "resume it without parallel='fsdp', or start the FSDP run from its "
+                                 "model.safetensors (model=...) in a new run directory")
+            if self._sharded_ckpt is not None:
+                saved_world = int(read_checkpoint_state(self._sharded_ckpt).get("world_size", self.world_size))
+                self._keep_global_batch(saved_world)
 
         # -- seeds, schedule, data, model, optimizer
         random.seed(cfg.seed)
@@ -546,25 +590,33 @@ class Trainer:
             cfg.data = f"<python: {type(train_data).__name__}>"
         self.raw_model = model.to(self.device)
         self.raw_model.train()
+        if self.parallel == "fsdp":          # before the optimizer: parameters become DTensor shards
+            from .distributed import shard_model
+
+            if isinstance(optimizer, torch.optim.Optimizer):
+                raise ValueError("with parallel='fsdp' pass the optimizer as a name or a callable params -> "
+                                 "optimizer: FSDP2 replaces the parameters, so an optimizer built before holds stale ones")
+            shard_model(self.raw_model, mixed_precision=self._fsdp_bf16,
+                        activation_checkpointing=cfg.activation_checkpointing, compile_blocks=cfg.compile)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(optimizer if optimizer is not None else cfg.optimizer, self.raw_model, cfg)
         self.scheduler = self.schedule.torch_scheduler(self.optimizer)
         self.model = self.raw_model
-        if self.world_size > 1:
+        if self.parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
+        if cfg.compile and self.parallel != "fsdp":
             self.model = torch.compile(self.model)
-        # buffer for update_norm (one extra copy of the weights)
-        self._before = [p.detach().clone() for p in self.params] if cfg.track_update_norm else None
+        # buffer for update_norm (one extra copy of the weights; of this rank's shards with FSDP)
+        self._before = [p.detach().clone() for p in self._local_params()] if cfg.track_update_norm else None
         self.n_parameters = sum(p.numel() for p in self.raw_model.parameters())
         # from the loader itself: a BlockLoader passed in may have its own batch size and block width
         width = _source_width(self.loader)
         self.tokens_per_step = (self.loader.batch_size * getattr(self.loader, "world_size", 1) * cfg.grad_accum
                                 * (width if width is not None else cfg.seq_len))
         # meta-experience replay: the anchor theta_before of the current k-step window
-        self._mer_anchor = [p.detach().clone() for p in self.params] if cfg.mer_interval else None
+        self._mer_anchor = [p.detach().clone() for p in self.params] if cfg.mer_interval else None   # DTensors with FSDP
 
         # -- counters (restored on resume)
         self.step = 0                 # optimizer updates done; the next event has this "step"
@@ -578,9 +630,26 @@ class Trainer:
         self.last_loss = None
         self.last_val_loss = None
         self._checkpointed_step = None
-        if resume:
-            if self.is_main:
-                ckpt.clean_checkpoints(self.run_dir)     # what a kill left: temp dirs, unreferenced steps
+        if resume and self.is_main:
+            ckpt.clean_checkpoints(self.run_dir)         # what a kill left: temp dirs, unreferenced steps
+        if resume and self._sharded_ckpt is not None:
+            from .distributed import load_run_checkpoint
+
+            anchors = ({str(i): a for i, a in enumerate(self._mer_anchor)} if self._mer_anchor is not None else None)
+            state = load_run_checkpoint(self._sharded_ckpt, self.raw_model, self.optimizer, extra=anchors)
+            if state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("loader") is not None:
+                self.loader.load_state_dict(state["loader"])
+            if state.get("rng") is not None:
+                ckpt.set_rng_state(state["rng"])
+            self.train_iter = iter(self.loader)
+            self.step = int(state["step"])
+            for k, v in state["trainer"].items():
+                if hasattr(self, k) and k not in ("step", "mer_anchor"):
+                    setattr(self, k, v)
+            self._checkpointed_step = self.step
+        elif resume:
             if ckpt.has_checkpoint(self.run_dir):
                 state = ckpt.load_checkpoint(self.run_dir, self.raw_model, optimizer=self.optimizer,
                                              scheduler=self.scheduler, loader=self.loader)
@@ -655,6 +724,31 @@ class Trainer:
             return torch.device("cuda", dev.index or 0)
         return torch.device(name)
 
+    def _keep_global_batch(self, saved_world: int) -> None:
+        """Resuming on a different number of processes: scale ``grad_accum`` so that a step still sees
+        ``batch_size * grad_accum * world_size`` sequences, the same rows in the same order."""
+        cfg = self.config
+        if saved_world == self.world_size:
+            return
+        rows = cfg.batch_size * cfg.grad_accum * saved_world
+        per_micro = cfg.batch_size * self.world_size
+        if rows % per_micro:
+            raise ValueError(f"this run's global batch is {rows} sequences ({saved_world} processes x batch_size "
+                             f"{cfg.batch_size} x grad_accum {cfg.grad_accum}); {self.world_size} processes "
+                             f"cannot split it into micro-batches of {cfg.batch_size}; resume on a number of "
+                             f"processes that divides {rows // cfg.batch_size}")
+        new = rows // per_micro
+        if self.is_main:
+            warnings.warn(f"resuming a {saved_world}-process run on {self.world_size}: grad_accum "
+                          f"{cfg.grad_accum} -> {new} keeps the global batch of {rows} sequences", stacklevel=3)
+        cfg.grad_accum = new
+
+    def _local_params(self) -> list[torch.Tensor]:
+        """The trainable parameters, as this rank's local shards under FSDP (views: in-place ops update them)."""
+        from .optim._base import local
+
+        return [local(p) for p in self.params]
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -690,6 +784,9 @@ class Trainer:
             x, y = next(self.train_iter)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             defer_sync = self.world_size > 1 and micro < cfg.grad_accum - 1
+            if self.parallel == "fsdp":       # FSDP2: reduce-scatter only after the last micro-step
+                self.model.set_requires_gradient_sync(not defer_sync)
+                defer_sync = False
             with (self.model.no_sync() if defer_sync else contextlib.nullcontext()):
                 with self._autocast():
                     logits = self.model(input_ids=x).logits
@@ -698,7 +795,15 @@ class Trainer:
             loss_sum += loss.detach()
         train_loss = self._all_reduce_mean(loss_sum / cfg.grad_accum)
 
-        if cfg.grad_clip:   # returns the norm before clipping
+        if self.parallel == "fsdp":    # norm over all shards; the same clipping as clip_grad_norm_
+            from .optim._base import global_sq_norms
+
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = global_sq_norms(grads).sum().sqrt().to(self.device)
+            if cfg.grad_clip:
+                coef = torch.clamp(cfg.grad_clip / (grad_norm + 1e-6), max=1.0)
+                torch._foreach_mul_(self._local_grads(grads), coef)
+        elif cfg.grad_clip:   # returns the norm before clipping
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
@@ -714,14 +819,19 @@ class Trainer:
 
         lr = self._lr_of_step()
         if self._before is not None:
-            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+            torch._foreach_copy_(self._before, [p.detach() for p in self._local_params()])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_norm = None
         if self._before is not None:   # ||theta_after - theta_before||, one more host sync
-            torch._foreach_sub_(self._before, [p.detach() for p in self.params])
-            update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)).float()).item()
+            torch._foreach_sub_(self._before, [p.detach() for p in self._local_params()])
+            if self.parallel == "fsdp":
+                from .optim._base import global_sq_norms
+
+                update_norm = global_sq_norms(self._before, like=self.params).sum().sqrt().item()
+            else:
+                update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)).float()).item()
 
         self.step += 1
         self.tokens += self.tokens_per_step
@@ -730,14 +840,23 @@ class Trainer:
         return {"step": self.step - 1, "lr": lr, "loss": loss_value, "grad_norm": grad_norm_value,
                 "update_norm": update_norm}
 
+    @staticmethod
+    def _local_grads(grads: list) -> list:
+        from .optim._base import local
+
+        return [local(g) for g in grads]
+
     @torch.no_grad()
     def _mer_interpolate(self) -> None:
         """Reptile step: ``theta = anchor + beta * (theta - anchor)``; the result is the new anchor."""
-        params = [p.detach() for p in self.params]
-        torch._foreach_sub_(params, self._mer_anchor)            # theta - anchor
+        from .optim._base import local
+
+        params = [p.detach() for p in self._local_params()]
+        anchor = [local(a) for a in self._mer_anchor]
+        torch._foreach_sub_(params, anchor)            # theta - anchor
         torch._foreach_mul_(params, float(self.config.mer_beta))
-        torch._foreach_add_(params, self._mer_anchor)            # anchor + beta * (theta - anchor)
-        torch._foreach_copy_(self._mer_anchor, params)
+        torch._foreach_add_(params, anchor)            # anchor + beta * (theta - anchor)
+        torch._foreach_copy_(anchor, params)
 
     def evaluate_all(self) -> dict | None:
         """``{domain: loss}`` over every validation set (``{primary: loss}`` with a single one)."""
@@ -768,11 +887,18 @@ class Trainer:
         rows = blocks[: cfg.eval_batches * global_batch]
         shard = torch.tensor_split(rows, self.world_size)[self.rank]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        if shard.shape[0]:
-            for x, y in eval_batches(shard, cfg.batch_size):
-                x, y = x.to(self.device), y.to(self.device)
-                with self._autocast():
-                    logits = model(input_ids=x).logits
+        batches = list(eval_batches(shard, cfg.batch_size)) if shard.shape[0] else []
+        if self.parallel == "fsdp":   # forwards are collectives (all-gathers): pad to the most batches of any rank
+            most = math.ceil(math.ceil(rows.shape[0] / self.world_size) / cfg.batch_size)
+            dummy = (rows[:1, :-1], rows[:1, 1:])
+            batches = [(b, True) for b in batches] + [(dummy, False)] * (most - len(batches))
+        else:
+            batches = [(b, True) for b in batches]
+        for (x, y), counted in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                logits = model(input_ids=x).logits
+            if counted:
                 total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
                 total[1] += y.numel()
         model.train()
@@ -793,7 +919,10 @@ class Trainer:
         return out
 
     def save_checkpoint(self, loader_state: dict | None = None) -> None:
-        """Write the checkpoint of the current step (rank 0 only) and fsync the log."""
+        """Write the checkpoint of the current step (rank 0 only; every rank with FSDP) and fsync the log."""
+        if self.run_dir is not None and self.parallel == "fsdp":
+            self._save_sharded_checkpoint(loader_state)
+            return
         if self.run_dir is None or not self.is_main:
             return
         if self._log is not None:
@@ -801,6 +930,24 @@ class Trainer:
         loader = _FrozenState(loader_state) if loader_state is not None else self.loader
         ckpt.save_checkpoint(self.run_dir, self.raw_model, step=self.step, optimizer=self.optimizer,
                              scheduler=self.scheduler, loader=loader, trainer=self._counters())
+        self._checkpointed_step = self.step
+
+    def _save_sharded_checkpoint(self, loader_state: dict | None) -> None:
+        """FSDP: every rank writes its shards (model, optimizer, MER anchor) into the step directory,
+        with the gathered weights as its ``model.safetensors`` (exported to the run's root for the
+        tools that read one file); see :func:`workbench.distributed.save_run_checkpoint`."""
+        from .distributed import save_run_checkpoint
+
+        if self._log is not None:
+            self._log.sync()
+        counters = self._counters()
+        counters.pop("mer_anchor", None)
+        state = {"format": 2, "step": int(self.step), "world_size": int(self.world_size),
+                 "scheduler": self.scheduler.state_dict(),
+                 "loader": dict(loader_state) if loader_state is not None else self.loader.state_dict(),
+                 "rng": ckpt.get_rng_state(), "trainer": counters}
+        anchors = {str(i): a for i, a in enumerate(self._mer_anchor)} if self._mer_anchor is not None else None
+        save_run_checkpoint(self.run_dir, self.raw_model, self.optimizer, step=self.step, state=state, extra=anchors)
         self._checkpointed_step = self.step
 
     def summary(self) -> dict:
@@ -825,6 +972,7 @@ class Trainer:
             "parameters": self.n_parameters,
             "device": str(self.device) if self.device.type != "cuda" else torch.cuda.get_device_name(self.device),
             "world_size": self.world_size,
+            "parallel": self.parallel,
         }
 
     def _write_summary(self) -> dict:
@@ -880,6 +1028,8 @@ class Trainer:
         if self.run_dir is not None and self.is_main and self._run_lock is None:
             self._run_lock = RunLock(self.run_dir).acquire()      # run again after a previous run() ended
         self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
+        sinks = open_sinks(cfg.log, self.run_dir, cfg.to_dict()) if self.is_main else []
+        self.callbacks.extend(sinks)
         bar = ProgressBar(self.stop_step, initial=self.step) if (cfg.progress and self.is_main) else None
         if bar is not None:
             self.callbacks.append(bar)
@@ -949,6 +1099,10 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
             self._log = None
+            for sink in sinks:
+                sink.close()
+                if sink in self.callbacks:
+                    self.callbacks.remove(sink)
             self.close()
             if self._owns_process_group:
                 import torch.distributed as dist
