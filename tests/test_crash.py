@@ -4,6 +4,7 @@ The kill test forks trainers from a forkserver that has imported torch once, so 
 seconds: each child trains (or resumes) a tiny model with a checkpoint after every step, and is
 killed at a random instant (while starting, resuming, cleaning up, training or checkpointing).
 """
+import json
 import multiprocessing as mp
 import os
 import random
@@ -343,3 +344,34 @@ def test_signal_stops_background_runs_like_a_server_would(tmp_path):
         assert t.status == "interrupted" and t.interrupted_by == "SIGTERM" and 0 < t.step < 10_000
         state = torch.load(os.path.join(ckpt.latest_checkpoint(t.run_dir), ckpt.STATE_FILE), weights_only=True)
         assert state["step"] == t.step
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(tmp_path):
+    """torchrun forwards SIGTERM to every rank; the ranks agree on the step to stop at (one all-reduce per
+    step), rank 0 checkpoints it and writes the summary, and nobody hangs in a collective."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "workbench.cli", "train", "--run-dir", str(run), "--steps", "100000", "--schedule", "constant",
+           "--model", "tiny", "--data", "stdlib", "--batch-size", "2", "--seq-len", "16", "--max-tokens", "20000",
+           "--eval-interval", "0", "--device", "cpu", "--no-progress", "--checkpoint-interval", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and not (run / "log.jsonl").exists() and p.poll() is None:
+            time.sleep(0.2)
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    summary = json.loads((run / "summary.json").read_text())
+    steps = read_run_log(run)[-1]["step"] + 1
+    assert summary["status"] == "interrupted" and summary["steps"] == steps, err[-3000:]
+    state = torch.load(os.path.join(ckpt.latest_checkpoint(run), ckpt.STATE_FILE), weights_only=True)
+    assert state["step"] == steps
