@@ -151,3 +151,22 @@ def test_kill_during_save_leaves_a_resumable_run(runs):
     assert_same_steps(resumed, read_run_log(tmp / "full"), range(STEPS))
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
     assert latest_checkpoint(run).endswith(step_dir_name(STEPS)), mid_save
+
+
+def test_parallel_setting_is_checked():
+    with pytest.raises(ValueError, match="parallel must be"):
+        TrainConfig(parallel="zero3")
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        TrainConfig(activation_checkpointing="yes")
+
+
+def test_transformer_blocks_finds_the_decoder_layers():
+    import torch
+
+    from workbench.distributed import transformer_blocks
+    from workbench.models import build_model
+
+    model = build_model("tiny")
+    assert transformer_blocks(model) == list(model.model.layers) and len(model.model.layers) == 4
+    with pytest.raises(ValueError, match="no nn.ModuleList"):
+        transformer_blocks(torch.nn.Linear(2, 2))
