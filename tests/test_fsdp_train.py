@@ -170,3 +170,15 @@ def test_transformer_blocks_finds_the_decoder_layers():
     assert transformer_blocks(model) == list(model.model.layers) and len(model.model.layers) == 4
     with pytest.raises(ValueError, match="no nn.ModuleList"):
         transformer_blocks(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.timeout(120)
+def test_one_process_fsdp_with_activation_checkpointing(tmp_path):
+    # FSDP on a one-rank group (no torchrun); recomputing activations changes no number
+    common = dict(model="tiny", steps=3, batch_size=2, seq_len=32, max_tokens=20_000, eval_batches=1, device="cpu",
+                  progress=False, parallel="fsdp")
+    train(TrainConfig(run_dir=str(tmp_path / "ac"), activation_checkpointing=True, **common))
+    train(TrainConfig(run_dir=str(tmp_path / "plain"), **common))
+    ac, plain = read_run_log(tmp_path / "ac"), read_run_log(tmp_path / "plain")
+    assert len(ac) == 3 and [r["loss"] for r in ac] == [r["loss"] for r in plain]
+    assert ac[-1]["loss"] < ac[0]["loss"]
