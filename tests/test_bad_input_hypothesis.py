@@ -20,6 +20,11 @@ from workbench import schedules
 from workbench.cli import main
 from workbench.schedules import FAMILIES, Schedule, schedule_from_dict
 
+def _n(examples: int) -> int:
+    """Examples per test; WORKBENCH_FUZZ_SCALE=10 searches ten times longer (CI keeps the default)."""
+    return int(examples * float(os.environ.get("WORKBENCH_FUZZ_SCALE", "1")))
+
+
 KEYS = ["peak_lr", "total_steps", "warmup_steps", "min_lr", "decay_fraction", "decay_steps", "shape", "decay",
         "points", "milestones", "factors", "grad_norms", "schedules", "boundaries", "previous", "cycle_steps",
         "stable_steps", "start_step", "method", "window_fraction", "cooldown_steps", "anneal_steps"]
@@ -57,7 +62,7 @@ def _run(argv, capsys):
     return code, capsys.readouterr().err
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=_n(400), deadline=None, suppress_health_check=list(HealthCheck))
 @given(specs)
 def test_schedule_from_dict_returns_a_schedule_or_raises_value_error(spec):
     try:
@@ -71,7 +76,7 @@ def test_schedule_from_dict_returns_a_schedule_or_raises_value_error(spec):
     assert schedule_from_dict(json.loads(json.dumps(s.to_dict()))).to_dict() == s.to_dict()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=_n(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=specs, out=st.sampled_from(["lr.csv", ".", "missing/dir/lr.csv", "lr.png", "lr.html", "x"]),
        cmd=st.sampled_from(["export", "plot"]), raw=st.one_of(st.none(), st.binary(max_size=40)))
 def test_schedule_cli_never_shows_a_traceback(capsys, spec, out, cmd, raw):
@@ -128,7 +133,7 @@ def fast_trainer(monkeypatch):
     monkeypatch.setattr(tr.Trainer, "run", lambda self: self._write_summary())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=_n(40), deadline=None, suppress_health_check=list(HealthCheck))
 @given(flags=st.dictionaries(st.sampled_from(sorted(_TRAIN_FLAGS)), st.none(), max_size=6).flatmap(
            lambda d: st.fixed_dictionaries({k: _TRAIN_FLAGS[k] for k in d})),
        spec=valid_specs, resume=st.booleans())
@@ -153,7 +158,7 @@ def test_train_cli_never_shows_a_traceback(capsys, fast_trainer, flags, spec, re
     _ok_or_one_line(code, err)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=_n(40), deadline=None, suppress_health_check=list(HealthCheck))
 @given(a=st.one_of(st.binary(max_size=64), st.sampled_from(["DIR", "MISSING"])),
        b=st.one_of(st.binary(max_size=64), st.sampled_from(["DIR", "MISSING"])),
        suffix=st.sampled_from([".safetensors", ".bin", ".pt", ".txt", ""]),
@@ -174,4 +179,32 @@ def test_sparsity_diff_cli_never_shows_a_traceback(capsys, a, b, suffix, extra):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             code, err = _run(["sparsity", "diff", *paths, *extra], capsys)
+    _ok_or_one_line(code, err)
+
+
+log_lines = st.dictionaries(st.sampled_from(["step", "loss", "val_loss", "time", "tokens", "score", "index"]),
+                            atoms, max_size=5).map(json.dumps)
+
+
+@settings(max_examples=_n(60), deadline=None, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(st.one_of(values.map(json.dumps), log_lines, st.text(max_size=20)), max_size=5),
+       top=st.sampled_from(["0.5", "1", "0", "-1", "2", "nan", "x", "3"]),
+       field=st.sampled_from([None, "score", "index", "nope"]),
+       cmd=st.sampled_from(["select", "runs"]))
+def test_select_and_runs_show_never_show_a_traceback(capsys, lines, top, field, cmd):
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "log.jsonl")
+        with open(p, "w") as f:
+            f.write("\n".join(lines))
+        if cmd == "select":
+            argv = ["select", "--scores", p, "--top", top, "--out", os.path.join(d, "top.json")]
+            argv += ["--field", field] if field else []
+        else:                  # a run directory whose files are random: runs show reads them
+            for name in ("summary.json", "config.json"):
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(lines[0] if lines else "")
+            argv = ["runs", "show", d]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code, err = _run(argv, capsys)
     _ok_or_one_line(code, err)

@@ -7,6 +7,7 @@ killed at a random instant (while starting, resuming, cleaning up, training or c
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,8 +196,6 @@ def test_checkpoint_is_one_unit_and_leftovers_are_cleaned(tmp_path):
 
 
 def test_old_layout_run_still_resumes_and_moves_to_the_new_one(tmp_path):
-    from safetensors.torch import save_model
-
     train_blocks, val_blocks = _blocks()
     full = train(_config(str(tmp_path / "full")), train_data=train_blocks, val_data=val_blocks)
     old = tmp_path / "old"
@@ -206,13 +205,11 @@ def test_old_layout_run_still_resumes_and_moves_to_the_new_one(tmp_path):
     os.replace(os.path.join(latest, ckpt.STATE_FILE), old / "state.pt")
     os.remove(old / "model.safetensors")
     os.replace(os.path.join(latest, ckpt.MODEL_FILE), old / "model.safetensors")
-    import shutil
     shutil.rmtree(old / "checkpoints")
     assert ckpt.latest_checkpoint(old) == str(old)
     s = resume(old, steps=STEPS, train_data=train_blocks, val_data=val_blocks)
     assert s["final_val_loss"] == full["final_val_loss"] and s["steps"] == STEPS
     assert not (old / "state.pt").exists() and ckpt.latest_checkpoint(old).endswith("step-00000010")
-    assert save_model  # imported for symmetry with the writer
 
 
 # ---------------------------------------------------------------------------------------- the lock

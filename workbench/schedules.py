@@ -49,6 +49,7 @@ MAX_TOTAL_STEPS = 10**9
 MAX_LRS_STEPS = 10**8
 #: how deeply ``join``/``rewarm`` dicts may nest in a SPEC
 MAX_SPEC_DEPTH = 32
+WARMUP_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -125,14 +126,15 @@ def _warmup_factor(t: np.ndarray, warmup: int) -> np.ndarray:
     return t / max(1, warmup)
 
 
-def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float) -> np.ndarray:
-    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done."""
+def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float, cycles: float = 0.5) -> np.ndarray:
+    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done. ``cycles``: cosine
+    periods over the phase (0.5: half a cosine, peak to ``low``; transformers' ``num_cycles``)."""
     if shape == "exponential":
         return peak ** (1.0 - x) * low ** x
     if shape == "linear":
         f = 1.0 - x
     elif shape == "cosine":
-        f = 0.5 * (1.0 + np.cos(np.pi * x))
+        f = 0.5 * (1.0 + np.cos(np.pi * x)) if cycles == 0.5 else 0.5 * (1.0 + np.cos(np.pi * float(cycles) * 2.0 * x))
     elif shape == "1-sqrt":
         f = 1.0 - np.sqrt(x)
     elif shape == "1-square":
@@ -209,8 +211,73 @@ class Schedule:
         return f"schedules.{self.family}({args})"
 
     def torch_scheduler(self, optimizer) -> "ScheduleLR":
-        """A torch LR scheduler setting each group's LR to ``self(t) * group.get('lr_scale', 1)``."""
+        """A torch LR scheduler setting each group's LR to ``self(t)`` times the group's ratio
+        (``lr_scale``, or its ``initial_lr`` over the largest one); see :class:`ScheduleLR`."""
         return ScheduleLR(optimizer, self)
+
+    # -- other frameworks' conventions
+    def to_numpy(self, total: int | None = None) -> np.ndarray:
+        """The LR at steps ``0 .. total-1`` as a float64 array (default: the schedule's horizon).
+
+        >>> constant(peak_lr=1.0, total_steps=4, warmup_steps=2).to_numpy(5).tolist()
+        [0.0, 0.5, 1.0, 1.0, 1.0]
+        """
+        return self.lrs(total)
+
+    def _peak(self) -> float:
+        peak = getattr(self, "peak_lr", None)
+        return float(peak) if peak else float(self.lrs().max())
+
+    def as_lambda(self, base_lr: float | None = None) -> Callable[[int], float]:
+        """The multiplier ``t -> self(t) / base_lr`` for ``torch.optim.lr_scheduler.LambdaLR`` (and
+        transformers, accelerate, Lightning, which take a LambdaLR). LambdaLR multiplies each group's
+        initial ``lr`` by it, so build the optimizer with ``lr=base_lr`` (default: the peak LR);
+        groups built with other LRs keep their ratio.
+
+        >>> import torch
+        >>> s = cosine(peak_lr=1e-3, total_steps=10, warmup_steps=2)
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        >>> sch = torch.optim.lr_scheduler.LambdaLR(opt, s.as_lambda())
+        >>> lrs = []
+        >>> for _ in range(10):
+        ...     lrs.append(opt.param_groups[0]["lr"]); opt.step(); sch.step()
+        >>> bool(np.allclose(lrs, s.lrs(), rtol=1e-12, atol=0))
+        True
+        """
+        base = self._peak() if base_lr is None else _check_number("base_lr", base_lr, low=0.0, strict_low=True)
+        table = self.lrs() / base
+        last = float(table[-1])
+
+        def multiplier(step: int) -> float:
+            step = int(step)
+            return float(table[step]) if 0 <= step < table.size else (last if step >= table.size else float(table[0]))
+
+        return multiplier
+
+    def as_optax(self) -> Callable:
+        """An optax-compatible schedule ``count -> lr`` (jax-traceable: a table lookup, so it works
+        under ``jax.jit`` and as ``optax.adamw(learning_rate=...)``). Needs jax."""
+        try:
+            import jax.numpy as jnp
+        except ImportError:
+            raise ValueError("as_optax() needs jax (pip install jax optax); for numpy use to_numpy()") from None
+        table = jnp.asarray(self.lrs(), dtype=jnp.float32)
+        n = int(table.shape[0])
+
+        def schedule(count):
+            return table[jnp.clip(jnp.asarray(count, dtype=jnp.int32), 0, n - 1)]
+
+        return schedule
+
+    @classmethod
+    def from_hf(cls, args, total_steps: int | None = None) -> "Schedule":
+        """The schedule a transformers ``Trainer`` runs with ``args`` (``TrainingArguments``, or a dict
+        of its fields: ``learning_rate``, ``lr_scheduler_type``, ``lr_scheduler_kwargs``,
+        ``warmup_steps``/``warmup_ratio``, ``max_steps``). ``total_steps`` when ``max_steps`` is not set
+        (an epoch-based run). See :func:`workbench.integrations.hf.schedule_from_hf`."""
+        from workbench.integrations.hf import schedule_from_hf
+
+        return schedule_from_hf(args, total_steps=total_steps)
 
     def __repr__(self) -> str:
         return self.to_python().replace("schedules.", "", 1)
@@ -319,11 +386,15 @@ class WSD(Schedule):
     decay_steps: int | None = None
     decay_fraction: float | None = None
     decay: str = "linear"
+    warmup_shape: str = "linear"
+    num_cycles: float = 0.5
 
     def __post_init__(self):
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
         w, n = _check_warmup(self.warmup_steps, self.total_steps)
         _check_shape("decay", self.decay, DECAY_SHAPES)
+        _check_shape("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
+        _check_number("num_cycles", self.num_cycles, low=0.0, strict_low=True)
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0 (it decays geometrically to min_lr); "
                              "set min_lr, e.g. min_lr=0.01*peak_lr, or pick another decay shape")
@@ -346,11 +417,20 @@ class WSD(Schedule):
         return int(round(frac * self.total_steps))
 
     def _lr(self, t):
+        # transformers' get_wsd_schedule: the warmup rises from min_lr (not 0) to the peak
         w, n, d = self.warmup_steps, self.total_steps, self.n_decay
         start = n - d
         x = np.clip((t - start) / max(1, d), 0.0, 1.0)
-        out = np.where(t < start, self.peak_lr, _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr))
-        return np.where(t < w, self.peak_lr * _warmup_factor(t, w), out)
+        out = np.where(t < start, self.peak_lr,
+                       _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr, self.num_cycles))
+        out = np.where(t >= n, self.min_lr, out)         # after the decay: min_lr (whatever num_cycles)
+        p = _warmup_factor(np.minimum(t, w), w)
+        if self.warmup_shape == "cosine":
+            p = 0.5 * (1.0 - np.cos(np.pi * p))
+        elif self.warmup_shape == "1-sqrt":
+            p = 1.0 - np.sqrt(1.0 - p)
+        r = self.min_lr / self.peak_lr
+        return np.where(t < w, self.peak_lr * (p * (1.0 - r) + r), out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -731,17 +811,22 @@ def inverse_sqrt(*, peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 
 def wsd(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
-        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear") -> WSD:
+        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear",
+        warmup_shape: str = "linear", num_cycles: float = 0.5) -> WSD:
     """Warmup-stable-decay (MiniCPM): decay over the last ``decay_steps`` (or ``decay_fraction``, default 0.1).
 
     ``decay`` is one of ``linear``, ``cosine``, ``1-sqrt``, ``1-square``, ``exponential`` (needs
-    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``).
+    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``). As transformers' ``get_wsd_schedule`` (same values
+    to the last bit, ``min_lr_ratio = min_lr / peak_lr``): the warmup rises from ``min_lr`` to the peak
+    with ``warmup_shape`` (``linear``, ``cosine``, ``1-sqrt``); ``num_cycles`` is the number of cosine
+    periods of a ``cosine`` decay (0.5: peak to ``min_lr``).
 
     >>> wsd(peak_lr=1.0, total_steps=100, decay_steps=20)(90)
     0.5
     """
     return WSD(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
-               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay)
+               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay, warmup_shape=warmup_shape,
+               num_cycles=num_cycles)
 
 
 def power(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, a: float = 4.6, b: float = -0.51,
@@ -963,11 +1048,14 @@ def lr_array(sched_or_lrs: Schedule | Sequence[float] | np.ndarray, total_steps:
 
 # --------------------------------------------------------------------------- torch adapter
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """Sets each param group's LR to ``schedule(t) * group.get('lr_scale', 1.0)``.
+    """Sets each param group's LR to ``schedule(t) * ratio`` of the group.
 
-    Absolute values, whatever ``lr`` the optimizer was built with. The state is just the step
-    (plus the schedule as a dict, for checking), so it loads with ``torch.load(weights_only=True)``
-    and resumes exactly: restore the optimizer's state, then the scheduler's.
+    Absolute values, whatever ``lr`` the optimizer was built with. A group's ratio is its
+    ``lr_scale`` if any group has one (default 1.0), else its ``initial_lr`` (the LR it was built
+    with, the torch/HF convention) over the largest group's: groups built with different LRs keep
+    their ratio, and the largest follows the schedule exactly. The state is just the step (plus the
+    schedule as a dict, checked on load), so it loads with ``torch.load(weights_only=True)`` and
+    resumes exactly: restore the optimizer's state, then the scheduler's.
 
     Example:
         >>> import torch
@@ -978,23 +1066,44 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         1.0
     """
 
-    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1):
+    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1, steps_per_update: int = 1):
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule must be a workbench Schedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        # calls of step() per optimizer update (accelerate's prepared scheduler steps N times on N processes)
+        self.steps_per_update = _check_int("steps_per_update", steps_per_update, low=1)
         super().__init__(optimizer, last_epoch)
 
+    def ratios(self) -> list[float]:
+        """Each group's multiplier of the schedule (see the class docstring)."""
+        groups = self.optimizer.param_groups
+        if any("lr_scale" in g for g in groups):
+            return [float(g.get("lr_scale", 1.0)) for g in groups]
+        init = [float(g.get("initial_lr", g["lr"])) for g in groups]
+        top = max(init) if init else 0.0
+        return [v / top if top > 0 else 1.0 for v in init]
+
     def get_lr(self):
-        lr = self.schedule(max(0, int(self.last_epoch)))
-        return [lr * float(g.get("lr_scale", 1.0)) for g in self.optimizer.param_groups]
+        lr = self.schedule(max(0, int(self.last_epoch)) // self.steps_per_update)
+        return [lr * r for r in self.ratios()]
 
     _get_closed_form_lr = get_lr
 
     def state_dict(self):
         return {"last_epoch": int(self.last_epoch), "schedule": self.schedule.to_dict(),
-                "_step_count": int(getattr(self, "_step_count", 0))}
+                "_step_count": int(getattr(self, "_step_count", 0)), "steps_per_update": self.steps_per_update}
 
     def load_state_dict(self, state_dict):
+        saved = state_dict.get("schedule")
+        if saved is not None:
+            try:
+                same = schedule_from_dict(saved) == self.schedule
+            except (ValueError, TypeError):
+                same = False
+            if not same:
+                raise ValueError(f"this scheduler state was saved with another schedule ({saved!r}) than this "
+                                 f"scheduler's ({self.schedule.to_dict()!r}); build the scheduler with the saved "
+                                 "schedule (schedule_from_dict(state['schedule'])) to resume that run")
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         lrs = self.get_lr()

@@ -84,7 +84,6 @@ import inspect
 import math
 import os
 import random
-import resource
 import sys
 import threading
 import time
@@ -99,6 +98,12 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import interrupts
 from .runlock import RunLock
+from .sinks import open_sinks, parse_log_targets
+
+try:
+    import resource
+except ImportError:   # Windows: no resource module; peak_mem is then reported for CUDA only
+    resource = None
 from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
@@ -181,8 +186,11 @@ class TrainConfig:
     val_domain: str | None = None          # with val_data={domain: blocks}: the domain of val_loss (None: first)
     mer_interval: int = 0                  # meta-experience replay every k updates; 0: off
     mer_beta: float = 0.01                 # MER interpolation factor (public code: k=500, beta=0.01)
+    log: Any = ()                          # extra sinks next to log.jsonl: "tensorboard,wandb" (workbench.sinks)
 
     def __post_init__(self):
+        self.log = list(parse_log_targets(self.log))
+
         def positive_int(name, value, low=1):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -384,6 +392,8 @@ class ProgressBar:
 def _peak_mem(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if resource is None:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -1018,6 +1028,8 @@ class Trainer:
         if self.run_dir is not None and self.is_main and self._run_lock is None:
             self._run_lock = RunLock(self.run_dir).acquire()      # run again after a previous run() ended
         self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
+        sinks = open_sinks(cfg.log, self.run_dir, cfg.to_dict()) if self.is_main else []
+        self.callbacks.extend(sinks)
         bar = ProgressBar(self.stop_step, initial=self.step) if (cfg.progress and self.is_main) else None
         if bar is not None:
             self.callbacks.append(bar)
@@ -1087,6 +1099,10 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
             self._log = None
+            for sink in sinks:
+                sink.close()
+                if sink in self.callbacks:
+                    self.callbacks.remove(sink)
             self.close()
             if self._owns_process_group:
                 import torch.distributed as dist
@@ -1136,6 +1152,11 @@ def resume(run_dir: str | os.PathLike, *, steps: int | None = None, callbacks: I
     return trainer.run()
 
 
+def _number(v):
+    """``v`` if it is a plain number (not a bool), else None: fields of hand-edited run files."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def run_summary(run_dir: str | os.PathLike) -> dict:
     """The summary of the run in ``run_dir``: its ``summary.json``, or, for a run still going or
     killed before writing one, a summary rebuilt from ``log.jsonl`` (``status`` ``"incomplete"``).
@@ -1154,12 +1175,17 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     records = read_run_log(log_path, dedupe=True) if os.path.exists(log_path) else []
     if os.path.exists(path):
         summary = read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: not a run summary (a JSON object); delete it and run_summary rebuilds one "
+                             f"from {LOG_FILE}")
         # stale if the run was resumed past it (and is still going, or was killed)
-        if not records or records[-1]["step"] + 1 <= int(summary.get("steps") or 0):
+        if not records or records[-1]["step"] + 1 <= (_number(summary.get("steps")) or 0):
             return summary
     config = read_json(os.path.join(run_dir, CONFIG_FILE)) if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) else {}
-    target = config.get("target_val_loss")
-    vals = [(r["val_loss"], r) for r in records if r.get("val_loss") is not None]
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.path.join(run_dir, CONFIG_FILE)}: not a run configuration (a JSON object)")
+    target = _number(config.get("target_val_loss"))
+    vals = [(r["val_loss"], r) for r in records if _number(r.get("val_loss")) is not None]
     best = min(vals, key=lambda v: v[0]) if vals else None
     hit = next((r for v, r in vals if target is not None and v <= target), None)
     last = records[-1] if records else {}
@@ -1173,6 +1199,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         "target_val_loss": target, "time_to_target": hit["time"] if hit else None,
         "step_to_target": hit["step"] if hit else None, "tokens_to_target": hit.get("tokens") if hit else None,
         "train_time": last.get("time"),
-        "tokens_per_s": (last["tokens"] / last["time"]) if last.get("time") else None,
+        "tokens_per_s": (last["tokens"] / last["time"]) if _number(last.get("time")) and _number(last.get("tokens"))
+        is not None else None,
         "parameters": None, "device": None, "world_size": None,
     }
