@@ -182,3 +182,19 @@ def test_one_process_fsdp_with_activation_checkpointing(tmp_path):
     ac, plain = read_run_log(tmp_path / "ac"), read_run_log(tmp_path / "plain")
     assert len(ac) == 3 and [r["loss"] for r in ac] == [r["loss"] for r in plain]
     assert ac[-1]["loss"] < ac[0]["loss"]
+
+
+@pytest.mark.timeout(120)
+def test_fsdp_refuses_a_prebuilt_optimizer_and_leaves_no_process_group(tmp_path):
+    import torch
+    import torch.distributed as dist
+
+    from workbench.models import build_model
+    from workbench.train import Trainer
+
+    model = build_model("tiny")
+    with pytest.raises(ValueError, match="FSDP2 replaces the parameters"):
+        Trainer(TrainConfig(parallel="fsdp", device="cpu", steps=1, batch_size=2, seq_len=16, max_tokens=4000,
+                            eval_batches=0, progress=False), model=model,
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not dist.is_initialized()

@@ -443,6 +443,11 @@ def _close_on_error(init):
             init(self, *args, **kwargs)
         except BaseException:
             self.close()
+            if getattr(self, "_owns_process_group", False):     # e.g. FSDP on one process: leave none behind
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+                self._owns_process_group = False
             raise
     return wrapper
 
