@@ -151,3 +151,50 @@ def test_kill_during_save_leaves_a_resumable_run(runs):
     assert_same_steps(resumed, read_run_log(tmp / "full"), range(STEPS))
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
     assert latest_checkpoint(run).endswith(step_dir_name(STEPS)), mid_save
+
+
+def test_parallel_setting_is_checked():
+    with pytest.raises(ValueError, match="parallel must be"):
+        TrainConfig(parallel="zero3")
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        TrainConfig(activation_checkpointing="yes")
+
+
+def test_transformer_blocks_finds_the_decoder_layers():
+    import torch
+
+    from workbench.distributed import transformer_blocks
+    from workbench.models import build_model
+
+    model = build_model("tiny")
+    assert transformer_blocks(model) == list(model.model.layers) and len(model.model.layers) == 4
+    with pytest.raises(ValueError, match="no nn.ModuleList"):
+        transformer_blocks(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.timeout(120)
+def test_one_process_fsdp_with_activation_checkpointing(tmp_path):
+    # FSDP on a one-rank group (no torchrun); recomputing activations changes no number
+    common = dict(model="tiny", steps=3, batch_size=2, seq_len=32, max_tokens=20_000, eval_batches=1, device="cpu",
+                  progress=False, parallel="fsdp")
+    train(TrainConfig(run_dir=str(tmp_path / "ac"), activation_checkpointing=True, **common))
+    train(TrainConfig(run_dir=str(tmp_path / "plain"), **common))
+    ac, plain = read_run_log(tmp_path / "ac"), read_run_log(tmp_path / "plain")
+    assert len(ac) == 3 and [r["loss"] for r in ac] == [r["loss"] for r in plain]
+    assert ac[-1]["loss"] < ac[0]["loss"]
+
+
+@pytest.mark.timeout(120)
+def test_fsdp_refuses_a_prebuilt_optimizer_and_leaves_no_process_group(tmp_path):
+    import torch
+    import torch.distributed as dist
+
+    from workbench.models import build_model
+    from workbench.train import Trainer
+
+    model = build_model("tiny")
+    with pytest.raises(ValueError, match="FSDP2 replaces the parameters"):
+        Trainer(TrainConfig(parallel="fsdp", device="cpu", steps=1, batch_size=2, seq_len=16, max_tokens=4000,
+                            eval_batches=0, progress=False), model=model,
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not dist.is_initialized()

@@ -443,6 +443,11 @@ def _close_on_error(init):
             init(self, *args, **kwargs)
         except BaseException:
             self.close()
+            if getattr(self, "_owns_process_group", False):     # e.g. FSDP on one process: leave none behind
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+                self._owns_process_group = False
             raise
     return wrapper
 
@@ -726,7 +731,11 @@ class Trainer:
 
     def _keep_global_batch(self, saved_world: int) -> None:
         """Resuming on a different number of processes: scale ``grad_accum`` so that a step still sees
-        ``batch_size * grad_accum * world_size`` sequences, the same rows in the same order."""
+        ``batch_size * grad_accum * world_size`` sequences, the same rows in the same order.
+
+        Exact within an epoch; at an epoch's end a ``BlockLoader`` wraps when fewer than
+        ``batch_size * world_size`` rows are left, so if the number of blocks is not a multiple of the
+        global batch the last partial batch of an epoch can differ between process counts."""
         cfg = self.config
         if saved_world == self.world_size:
             return
