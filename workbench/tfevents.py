@@ -49,9 +49,15 @@ def _crc32c(data: bytes) -> int:
     return c ^ 0xFFFFFFFF
 
 
+try:  # a C implementation when one is installed (optional: google-crc32c); the table version otherwise
+    from google_crc32c import value as _fast_crc32c
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_crc32c = None
+
+
 def masked_crc(data: bytes) -> int:
     """TFRecord's masked CRC-32C of ``data``."""
-    c = _crc32c(data)
+    c = _fast_crc32c(data) if _fast_crc32c is not None else _crc32c(data)
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 

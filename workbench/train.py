@@ -98,13 +98,13 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import interrupts
 from .runlock import RunLock
+from .runlog import RunLog, read_json, write_json_atomic
 from .sinks import open_sinks, parse_log_targets
 
 try:
     import resource
 except ImportError:   # Windows: no resource module; peak_mem is then reported for CUDA only
     resource = None
-from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
            "build_optimizer", "resolve_schedule", "run_summary", "ProgressBar", "EVENT_KEYS"]
@@ -389,7 +389,7 @@ class ProgressBar:
         self.bar.close()
 
 
-def _peak_mem(device: torch.device) -> int:
+def _peak_mem(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     if resource is None:
