@@ -2,8 +2,9 @@
 
 A checkpoint is two files in the run directory:
 
-* ``model.safetensors`` - the model weights (``safetensors.torch.save_model``, which stores
-  tied/shared tensors once), with the step in its metadata;
+* ``model.safetensors`` - the model weights, tied tensors stored once under the name
+  ``save_pretrained`` keeps (``models.tied_names``; the metadata maps each alias to it, as
+  ``safetensors.torch.save_model`` does), with the step in its metadata;
 * ``state.pt`` - everything else as plain tensors/ints/floats/lists/dicts, loadable with
   ``torch.load(path, weights_only=True)``: ``step`` (optimizer updates done), ``optimizer``,
   ``scheduler``, ``loader`` (data position), ``rng`` (torch, cuda, numpy, python ``random``) and
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 
 from .files import atomic_write
 
@@ -106,8 +107,19 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, step:
         "trainer": dict(trainer or {}),
     }
     # weights first: if we die between the two renames, load_checkpoint sees mismatched steps
-    atomic_write(os.path.join(run_dir, MODEL_FILE), lambda p: save_model(model, p, metadata={"step": str(step)}))
+    atomic_write(os.path.join(run_dir, MODEL_FILE), lambda p: _save_weights(model, p, {"step": str(step)}))
     atomic_write(os.path.join(run_dir, STATE_FILE), lambda p: torch.save(state, p))
+
+
+def _save_weights(model: torch.nn.Module, path: str, metadata: dict) -> None:
+    from .models import tied_names
+
+    weights, aliases = model.state_dict(), tied_names(model)
+    for alias, kept in aliases.items():
+        if alias in weights:
+            del weights[alias]
+            metadata.setdefault(alias, kept)
+    save_file({k: v.contiguous() for k, v in weights.items()}, path, metadata=metadata)
 
 
 def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module | None = None, *,

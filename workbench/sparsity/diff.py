@@ -89,9 +89,11 @@ class _Reader:
     be a view of a buffer the reader reuses on its next call, so callers use it before reading again.
     """
 
-    def __init__(self, meta: dict, describe: str):
+    def __init__(self, meta: dict, describe: str, tied: dict | None = None):
         self.meta = meta
         self.describe = describe
+        self.tied = dict(tied or {})  # alias -> the name this checkpoint stores the tied tensor under
+        self.model_dir = None  # a transformers model directory, whose config can name more tied tensors
 
     def group(self, name: str) -> int:
         return 0
@@ -109,9 +111,13 @@ class _DictReader(_Reader):
         if bad:
             raise ValueError(f"{describe}: entries {bad[:5]} are not tensors; pass a state dict that maps "
                              "parameter names to tensors (e.g. model.state_dict())")
-        self.state = state
+        from workbench.models import tied_names
+
+        tied = tied_names(state)  # a tied tensor is compared once, under its first name
+        self.state = {k: v for k, v in state.items() if k not in tied}
         self._flat = (None, None)
-        super().__init__({k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}, describe)
+        super().__init__({k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in self.state.items()}, describe,
+                         tied)
 
     def read(self, name, start, stop):
         if self._flat[0] != name:
@@ -122,13 +128,14 @@ class _DictReader(_Reader):
         self._flat = (None, None)
 
 
-def _st_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (without ``__metadata__``) and the byte offset where the data starts."""
+def _st_header(path: Path, with_metadata: bool = False):
+    """The safetensors header (without ``__metadata__``) and the byte offset where the data starts (and the
+    ``__metadata__`` dict when ``with_metadata``)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    return (header, 8 + n, metadata) if with_metadata else (header, 8 + n)
 
 
 class _SafetensorsReader(_Reader):
@@ -143,11 +150,13 @@ class _SafetensorsReader(_Reader):
         self.files = files  # name -> shard path
         shards = sorted(set(files.values()))
         self._shard_idx = {p: i for i, p in enumerate(shards)}
-        meta, self._where = {}, {}
+        meta, self._where, tied = {}, {}, {}
         for shard in shards:
             if not shard.is_file():
                 raise FileNotFoundError(f"{describe}: shard {shard} listed in the index is missing")
-            header, data_start = _st_header(shard)
+            header, data_start, metadata = _st_header(shard, with_metadata=True)
+            # safetensors' save_model (and workbench checkpoints) record each dropped tied name -> kept name
+            tied.update({k: v for k, v in metadata.items() if v in files and k not in files})
             for name, info in header.items():
                 if files.get(name) == shard:
                     dtype = _ST_DTYPES.get(info["dtype"], info["dtype"])
@@ -167,7 +176,7 @@ class _SafetensorsReader(_Reader):
         if missing:
             raise ValueError(f"{describe}: tensors {missing[:5]} are in the index but not in their shard; "
                              "the checkpoint is incomplete, re-save it")
-        super().__init__(meta, describe)
+        super().__init__(meta, describe, tied)
         self._path = None
         self._handle = None
         self._buf = torch.empty(0, dtype=torch.uint8)
@@ -254,18 +263,9 @@ def _open(src, role: str) -> _Reader:
     path = Path(src)
     describe = f"{role} {str(path)!r}"
     if path.is_dir():
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return _SafetensorsReader({k: path / v for k, v in weight_map.items()}, describe)
-        single = path / "model.safetensors"
-        if single.is_file():
-            return _st_single(single, describe)
-        for name in ("pytorch_model.bin", "model.pt"):
-            if (path / name).is_file():
-                return _DictReader(_state_from_obj(_torch_load(path / name), describe), describe)
-        raise ValueError(f"{describe} holds no model.safetensors(.index.json) or pytorch_model.bin; "
-                         "save the model there with model.save_pretrained(dir)")
+        reader = _open_dir(path, describe)
+        reader.model_dir = path
+        return reader
     if not path.exists():
         raise FileNotFoundError(f"{describe} does not exist")
     if path.suffix == ".safetensors":
@@ -274,6 +274,73 @@ def _open(src, role: str) -> _Reader:
         return _DictReader(_state_from_obj(_torch_load(path), describe), describe)
     raise ValueError(f"{describe}: unknown checkpoint type {path.suffix!r}; use a model directory, "
                      ".safetensors, .bin or .pt")
+
+
+def _open_dir(path: Path, describe: str) -> _Reader:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return _SafetensorsReader({k: path / v for k, v in weight_map.items()}, describe)
+    single = path / "model.safetensors"
+    if single.is_file():
+        return _st_single(single, describe)
+    for name in ("pytorch_model.bin", "model.pt"):
+        if (path / name).is_file():
+            return _DictReader(_state_from_obj(_torch_load(path / name), describe), describe)
+    raise ValueError(f"{describe} holds no model.safetensors(.index.json) or pytorch_model.bin; "
+                     "save the model there with model.save_pretrained(dir)")
+
+
+def _config_tied(model_dir) -> dict:
+    """Tied tensors of the transformers model whose ``config.json`` is in ``model_dir`` (built on the meta
+    device, no weights); {} when there is no such config (a run directory's config.json is the run's)."""
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        return {}
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or "model_type" not in config:
+        return {}
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workbench.models import tied_names
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (ValueError, KeyError, OSError, ImportError):  # not a causal LM transformers can build
+        return {}
+    return tied_names(model)
+
+
+def _tied_pairs(rb: _Reader, rt: _Reader, only_b: list, only_t: list) -> list[tuple[str, str]]:
+    """Pairs (base name, tuned name) of one tied tensor stored under different names by the two checkpoints.
+
+    Ties come from either side: safetensors metadata (alias -> kept name), tensors sharing storage in state
+    dicts and modules, and a transformers ``config.json`` next to the weights. A name pairs only when its
+    tie group holds exactly one unmatched name on the other side."""
+    if not (only_b and only_t):
+        return []
+    links = {**_config_tied(rb.model_dir), **_config_tied(rt.model_dir), **rb.tied, **rt.tied}
+    parent: dict = {}
+
+    def root(n):
+        while parent.get(n, n) != n:
+            n = parent[n]
+        return n
+
+    for a, b in links.items():
+        ra, rb_ = root(a), root(b)
+        if ra != rb_:
+            parent[ra] = rb_
+    pairs = []
+    for nb in only_b:
+        cands = [nt for nt in only_t if root(nt) == root(nb)]  # disjoint lists: equal roots means tied
+        if len(cands) == 1:
+            pairs.append((nb, cands[0]))
+    return pairs
 
 
 def _st_single(path: Path, describe: str) -> _SafetensorsReader:
@@ -441,8 +508,10 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             acc.mask_parts.append(m)
 
 
-def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None):
-    """Stream one tensor pair in chunks; returns (row dict, stats dict, packed mask or None)."""
+def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None, tname=None):
+    """Stream one tensor pair in chunks (``tname``: its name in ``rt`` when tied under another name);
+    returns (row dict, stats dict, packed mask or None)."""
+    tname = name if tname is None else tname
     dtype = getattr(torch, rb.meta[name][1])
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     numel = math.prod(shape)
@@ -458,7 +527,7 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
     delta = torch.empty(numel, dtype=torch.float32) if want_svd else None
     for start in range(0, numel, step):
         stop = min(numel, start + step)
-        bf, tf = rb.read(name, start, stop), rt.read(name, start, stop)
+        bf, tf = rb.read(name, start, stop), rt.read(tname, start, stop)
         _chunk_stats(acc, bf, tf, start, compute, atol, rtol, edges)
         if want_svd:
             delta[start:stop] = tf.to(compute) - bf.to(compute)
@@ -478,6 +547,8 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
         "row_sparsity": None, "col_sparsity": None,
         "rank": None, "rank_tol": None, "rank_max": None, "effective_rank": None,
     }
+    if tname != name:
+        row["tuned_name"] = tname  # the same tied tensor, stored under another name in the tuned checkpoint
     if rtol is not None:
         row["changed_rtol"] = acc.changed_rtol
         row["sparsity_rtol"] = 1.0 - acc.changed_rtol / numel if numel else 1.0
@@ -842,7 +913,12 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     only_b = sorted(set(rb.meta) - set(rt.meta))
     only_t = sorted(set(rt.meta) - set(rb.meta))
     common = set(rb.meta) & set(rt.meta)
-    bad = sorted(n for n in common if rb.meta[n] != rt.meta[n])
+    tuned_name = {n: n for n in common}
+    for nb, nt in _tied_pairs(rb, rt, only_b, only_t):  # one tied tensor, kept under another name
+        only_b.remove(nb)
+        only_t.remove(nt)
+        tuned_name[nb] = nt
+    bad = sorted(n for n in tuned_name if rb.meta[n] != rt.meta[tuned_name[n]])
     skipped = only_b + only_t + bad
     if skipped and not intersect:
         lines = []
@@ -851,12 +927,12 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
         if only_t:
             lines.append(f"only in tuned ({len(only_t)}): {only_t[:10]}")
         for n in bad[:10]:
-            (sb, db), (st, dt) = rb.meta[n], rt.meta[n]
+            (sb, db), (st, dt) = rb.meta[n], rt.meta[tuned_name[n]]
             lines.append(f"{n}: base {db}{list(sb)} vs tuned {dt}{list(st)}")
         raise ValueError("the checkpoints do not line up:\n  " + "\n  ".join(lines) +
                          "\npass intersect=True (CLI: --intersect) to compare only the tensors in both with "
                          "the same shape and dtype, or convert one checkpoint to match the other")
-    names = sorted(set(common) - set(bad), key=lambda n: (rb.group(n), rt.group(n), n))
+    names = sorted(set(tuned_name) - set(bad), key=lambda n: (rb.group(n), rt.group(tuned_name[n]), n))
     if not names:
         raise ValueError("the checkpoints share no tensor with the same name, shape and dtype; check that "
                          "both are the same architecture")
@@ -867,7 +943,8 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     try:
         for name in names:
             shape = rb.meta[name][0]
-            row, st, mask = _tensor_stats(name, rb, rt, shape, float(atol), rtol, max_rank_numel, keep_masks)
+            row, st, mask = _tensor_stats(name, rb, rt, shape, float(atol), rtol, max_rank_numel, keep_masks,
+                                          tname=tuned_name[name])
             rows.append(row)
             stats[name] = st
             if keep_masks:
