@@ -193,10 +193,23 @@ def _fmt(value, kind: str = "") -> str:
     return str(value)
 
 
+def _status_text(s: dict) -> str:
+    """``completed``, or ``stopped at 40 of 10,000 (resumable)`` for a run short of its schedule's end."""
+    status, steps, total = s.get("status"), s.get("steps"), s.get("total_steps")
+    if status not in ("completed", "stopped") or steps is None or total is None or steps >= total:
+        return _fmt(status)
+    resumable = s.get("resumable")
+    if resumable is None:  # summaries written before the field existed
+        from workbench.checkpoint import has_checkpoint
+
+        resumable = bool(s.get("run_dir")) and has_checkpoint(s["run_dir"])
+    return f"stopped at {steps:,} of {total:,}" + (" (resumable)" if resumable else "")
+
+
 def _format_runs(summaries: list[dict]) -> str:
     rows = [
         ("run", lambda s: _fmt(s.get("run_dir"))),
-        ("status", lambda s: _fmt(s.get("status"))),
+        ("status", _status_text),
         ("model", lambda s: _fmt(s.get("model"))),
         ("steps", lambda s: f"{_fmt(s.get('steps'), 'int')} / {_fmt(s.get('total_steps'), 'int')}"),
         ("tokens", lambda s: _fmt(s.get("tokens"), "int")),

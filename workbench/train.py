@@ -729,6 +729,7 @@ class Trainer:
             "model": self.config.model,
             "steps": self.step,
             "total_steps": int(self.schedule.total_steps),
+            "resumable": self.run_dir is not None and self.step < int(self.schedule.total_steps),
             "tokens": self.tokens,
             "final_train_loss": self.last_loss,
             "final_val_loss": self.last_val_loss,

@@ -1,0 +1,43 @@
+"""What a new user meets in the first hour: run status wording, `assets list` numbers, notebooks stored
+without outputs, a quiet install. Truth: the run's files on disk, the assets' own settings, the tracked files."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from workbench import schedules
+from workbench.cli import main
+
+TINY = ["--batch-size", "2", "--seq-len", "16", "--max-tokens", "20000", "--eval-batches", "1", "--no-progress"]
+
+
+def test_a_run_cut_short_says_where_it_stopped_and_that_it_resumes(tmp_path, capsys, one_thread):
+    spec = tmp_path / "spec.json"
+    schedules.save_schedule(schedules.cosine(peak_lr=3e-3, total_steps=10_000, warmup_steps=2), spec)
+    run = tmp_path / "r"
+    assert main(["train", "--model", "tiny", "--schedule", str(spec), "--steps", "40", "--run-dir", str(run),
+                 *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped at 40 of 10,000 (resumable)" in printed and "completed" not in printed
+    assert main(["runs", "show", str(run)]) == 0
+    assert "stopped at 40 of 10,000 (resumable)" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["total_steps"] == 10_000 and summary["resumable"] is True
+    # a summary from before the "resumable" field: resumable only while the checkpoint is there
+    del summary["resumable"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["runs", "show", str(run)]) == 0
+    assert "stopped at 40 of 10,000 (resumable)" in capsys.readouterr().out
+    (run / "state.pt").unlink()
+    assert main(["runs", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at 40 of 10,000" in out and "resumable" not in out
+
+
+def test_a_run_to_the_end_of_its_schedule_says_completed(tmp_path, capsys, one_thread):
+    run = tmp_path / "r"
+    assert main(["train", "--model", "tiny", "--steps", "3", "--run-dir", str(run), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["runs", "show", str(run)]) == 0
+    status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status")][0]
+    assert status.split() == ["status", "completed"]
