@@ -41,3 +41,29 @@ def test_a_run_to_the_end_of_its_schedule_says_completed(tmp_path, capsys, one_t
     assert main(["runs", "show", str(run)]) == 0
     status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status")][0]
     assert status.split() == ["status", "completed"]
+
+
+def test_assets_list_prints_numbers_for_people(capsys):
+    import math
+    import re
+
+    from workbench import assets
+
+    assert main(["assets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "0.00030000000000000003" not in out
+    for name, sched in assets.RUNS.items():
+        line = next(line for line in out.splitlines() if line.startswith(f"run {name} "))
+        shown = dict(re.findall(r"(\w+)=([^,()\[\]]+|\[[^\]]*\])", line))
+        for key, value in sched.to_dict().items():
+            if key == "family" or value is None:
+                assert key not in shown
+                continue
+            values = value if isinstance(value, list) else [value]
+            printed = shown[key].strip("[]").split(", ") if isinstance(value, list) else [shown[key]]
+            for v, p in zip(values, printed, strict=True):
+                if isinstance(v, str):
+                    assert p == repr(v)
+                else:   # at most 4 significant digits, and the value the run used to that precision
+                    assert len(re.sub(r"[^0-9]", "", p.split("e")[0]).strip("0")) <= 4, p
+                    assert math.isclose(float(p), v, rel_tol=5e-4), (key, p, v)
