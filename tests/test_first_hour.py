@@ -67,3 +67,49 @@ def test_assets_list_prints_numbers_for_people(capsys):
                 else:   # at most 4 significant digits, and the value the run used to that precision
                     assert len(re.sub(r"[^0-9]", "", p.split("e")[0]).strip("0")) <= 4, p
                     assert math.isclose(float(p), v, rel_tol=5e-4), (key, p, v)
+
+
+def _tracked(root, sub: str) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files", sub], cwd=root, capture_output=True, text=True)
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def test_every_data_folder_is_declared_in_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    packages = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {str(p.relative_to(root)).replace("/", ".") for p in (root / "workbench").rglob("*")
+               if p.is_dir() and p.name != "__pycache__" and any(f.is_file() for f in p.iterdir())}
+    assert folders - packages == set(), "add these folders to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_building_the_package_prints_no_package_data_warnings(tmp_path):
+    """The 340 lines of "Package 'workbench.assets.pretrained' is absent from the `packages` configuration"."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"   # a copy: an in-tree build would leave build/ and *.egg-info in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("workbench", "widgets"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", ".",
+                           "-w", str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "absent from the `packages` configuration" not in log
+    assert "Warning:" not in log.replace("BuildBackendWarning", "Warning"), [
+        line for line in log.splitlines() if "Warning" in line][:5]
+    wheel = next((tmp_path / "dist").glob("workbench-*.whl"))
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assets = _tracked(root, "workbench/assets") or [str(p.relative_to(root)) for p in (root / "workbench/assets")
+                                                     .rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert assets and set(assets) <= shipped, sorted(set(assets) - shipped)[:5]
