@@ -113,3 +113,23 @@ def test_building_the_package_prints_no_package_data_warnings(tmp_path):
     assets = _tracked(root, "workbench/assets") or [str(p.relative_to(root)) for p in (root / "workbench/assets")
                                                      .rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert assets and set(assets) <= shipped, sorted(set(assets) - shipped)[:5]
+
+
+def test_tutorial_01_trainer_cell_prints_no_transformers_warnings(tmp_path):
+    """The red stderr block: bos/eos_token_id 50256 outside the vocabulary, and GPT-2's unnamed loss."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "01_schedules.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+                and "Trainer(" in "".join(c["source"]))
+    script = tmp_path / "cell.py"
+    script.write_text("import torch\nfrom workbench import schedules\n" + cell)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LRs exactly as designed" in proc.stdout
+    noisy = [line for line in proc.stderr.splitlines() if "transformers" in line or "token_id" in line
+             or "loss_type" in line]
+    assert noisy == []

@@ -145,9 +145,17 @@ def _from_config(config):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        return _causal_loss(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
     except (ValueError, ImportError):  # architecture without SDPA support
-        return AutoModelForCausalLM.from_config(config)
+        return _causal_loss(AutoModelForCausalLM.from_config(config))
+
+
+def _causal_loss(model):
+    """Name the loss of causal LMs whose class name transformers cannot map to one (``GPT2LMHeadModel``), which
+    otherwise warns "`loss_type=None` was set in the config but it is unrecognized" at the first loss."""
+    if getattr(model, "loss_type", "") is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def _is_model_dir(path) -> bool:
@@ -209,10 +217,10 @@ def _load_dir(path: Path, vocab_size, seed, max_seq_len, overrides):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                        attn_implementation="sdpa", **overrides)
+            return _causal_loss(AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                     attn_implementation="sdpa", **overrides))
         except (ValueError, ImportError):
-            return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **overrides)
+            return _causal_loss(AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **overrides))
 
 
 def tied_names(model_or_state) -> dict[str, str]:
