@@ -133,3 +133,23 @@ def test_tutorial_01_trainer_cell_prints_no_transformers_warnings(tmp_path):
     noisy = [line for line in proc.stderr.splitlines() if "transformers" in line or "token_id" in line
              or "loss_type" in line]
     assert noisy == []
+
+
+def test_tracked_notebooks_carry_no_outputs():
+    """Running a tutorial in JupyterLab saves its outputs into the file; commit them stripped (README)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = _tracked(root, "notebooks") or [str(p.relative_to(root)) for p in (root / "notebooks").glob("*.ipynb")]
+    paths = [p for p in paths if p.endswith(".ipynb")]
+    assert paths
+    dirty = {}
+    for p in paths:
+        nb = json.loads((root / p).read_text())
+        cells = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+                 and (c.get("outputs") or c.get("execution_count") is not None)]
+        if cells:
+            dirty[p] = cells
+    assert dirty == {}, ("these notebooks were saved with outputs (cells listed); strip them with "
+                         "`jupyter nbconvert --clear-output --inplace NOTEBOOK` or the nbstripout git filter "
+                         "described in the README")
