@@ -100,6 +100,75 @@ def test_dashboard_schedule_parameter_redraws_plot(browser, dashboard):
     page.close()
 
 
+def _readout(page, label: str) -> float:
+    """The number a slider shows next to its label ("peak LR: 2.5e-04")."""
+    text = page.locator(f"text=/^{label}:/").first.inner_text()
+    return float(text.split(":", 1)[1])
+
+
+def _press(page, handle, key: str, times: int) -> None:
+    handle.focus()
+    for _ in range(times):
+        handle.press(key)
+        page.wait_for_timeout(300)
+
+
+def _wait_readout(page, label: str, value: float, timeout_s: float = 60) -> None:
+    for _ in range(int(timeout_s * 5)):
+        if _readout(page, label) == value:
+            return
+        page.wait_for_timeout(200)
+    assert _readout(page, label) == value
+
+
+def test_dashboard_min_lr_follows_peak_lr_and_the_page_recovers(browser, dashboard):
+    url, run_dir = dashboard
+    page, errors = _open(browser, url)
+    plot = _plot(page)
+    peak, low = page.locator(".noUi-handle").nth(0), page.locator(".noUi-handle").nth(1)
+    assert (_readout(page, "peak LR"), _readout(page, "min LR")) == (3e-3, 3e-4)
+    # drag peak LR one notch below min LR (3e-3 -> 2.5e-4 in 10 notches of the 1-1.5-2-2.5-3-4-5-6-8 grid)
+    _press(page, peak, "ArrowLeft", 10)
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 2.5e-4) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    _wait_readout(page, "min LR", 2.5e-4)
+    lrs = plot.evaluate("el => Array.from(el.data[0].y)")
+    # the sliders show the values the drawn schedule holds: its peak and its final (min) LR
+    assert _readout(page, "peak LR") == pytest.approx(max(lrs), rel=1e-12) == 2.5e-4
+    assert _readout(page, "min LR") == pytest.approx(lrs[-1], rel=1e-9) == 2.5e-4
+    assert page.locator("span[style*='#b42318']").count() == 0, "an error is shown"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-min-lr-clamp.png"), full_page=True)
+    # min LR dragged above peak LR pushes peak LR up with it (2.5e-4 -> 4e-4 in 2 notches)
+    _press(page, low, "ArrowRight", 2)
+    _wait_readout(page, "peak LR", 4e-4)
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 4e-4) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    assert _readout(page, "min LR") == 4e-4
+    # the page still follows every control
+    _press(page, peak, "ArrowRight", 8)          # 4e-4 -> 3e-3
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 3e-3) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    _press(page, low, "ArrowLeft", 2)            # 4e-4 -> 2.5e-4
+    page.wait_for_function("el => Math.abs(el.data[0].y[el.data[0].y.length - 1] - 2.5e-4) < 1e-9",
+                           arg=plot.element_handle(), timeout=60_000)
+    cosine_mid = plot.evaluate("el => el.data[0].y[Math.floor(el.data[0].y.length / 2)]")
+    page.get_by_label("family", exact=True).select_option("wsd")
+    page.wait_for_function(f"el => el.data[0].y[Math.floor(el.data[0].y.length / 2)] != {cosine_mid}",
+                           arg=plot.element_handle(), timeout=60_000)
+    page.get_by_label("save as").fill("clamped")
+    page.get_by_label("save as").press("Enter")
+    page.get_by_role("button", name="Save schedule").click()
+    saved = Path(run_dir) / "schedules" / "clamped.json"
+    for _ in range(100):
+        if saved.exists():
+            break
+        page.wait_for_timeout(100)
+    spec = json.loads(saved.read_text())
+    assert (spec["family"], spec["peak_lr"], spec["min_lr"]) == ("wsd", 3e-3, 2.5e-4)
+    assert not errors, errors
+    page.close()
+
+
 def test_dashboard_training_run_from_the_page(browser, dashboard):
     url, run_dir = dashboard
     page, errors = _open(browser, url)

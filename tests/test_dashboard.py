@@ -208,3 +208,25 @@ def test_sparsity_tab_matches_brute_force(tmp_path):
     # a second session sees the saved diff
     other = SparsityTab(Workspace(tmp_path / "ws"))
     assert other.diffs.options == ["d"] and other.diff is not None
+
+
+def test_min_lr_follows_peak_lr_and_the_page_recovers(tmp_path, law_cache):
+    d = _dash(tmp_path, law_cache)
+    c = d.schedule.controls
+    c["min_lr"].value = 1e-3
+    c["peak_lr"].value = 4e-4                       # dragged below min LR: min LR follows it down
+    assert c["min_lr"].value == 4e-4
+    fig = d.schedule.plot.object
+    lrs = np.asarray(fig["data"][0]["y"])
+    assert lrs.max() == pytest.approx(4e-4) and lrs[-1] == pytest.approx(4e-4)   # cosine from 4e-4 to 4e-4
+    assert "#b42318" not in d.schedule.status.object
+    c["min_lr"].value = 1e-2                        # min LR dragged above peak LR pushes peak LR up
+    assert (c["peak_lr"].value, c["min_lr"].value) == (1e-2, 1e-2)
+    assert np.asarray(d.schedule.plot.object["data"][0]["y"]).max() == pytest.approx(1e-2)
+    c["min_lr"].value = 4e-4
+    c["family"].value = "wsd"                       # the family switch still redraws
+    assert d.schedule.plot.object is not fig and d.schedule.current().family == "wsd"
+    c["peak_lr"].value = 3e-3
+    assert d.schedule.save("after-clamp") == "after-clamp"
+    saved = d.ws.load_schedule("after-clamp")
+    assert (saved.family, saved.peak_lr, saved.min_lr) == ("wsd", 3e-3, 4e-4)
