@@ -230,3 +230,30 @@ def test_min_lr_follows_peak_lr_and_the_page_recovers(tmp_path, law_cache):
     assert d.schedule.save("after-clamp") == "after-clamp"
     saved = d.ws.load_schedule("after-clamp")
     assert (saved.family, saved.peak_lr, saved.min_lr) == ("wsd", 3e-3, 4e-4)
+
+
+def test_sparsity_drill_down_follows_the_tolerance_slider(tmp_path):
+    from safetensors.torch import save_file
+
+    from workbench.sparsity.diff import snap_tolerance
+    from workbench.widgets.dashboard_tabs import SparsityTab
+
+    g = torch.Generator().manual_seed(1)
+    name = "model.layers.0.mlp.down_proj.weight"
+    base = {name: torch.randn(16, 32, generator=g)}
+    tuned = {name: base[name] + (torch.rand(16, 32, generator=g) < 0.5) * 10 ** (-6 + 4 * torch.rand(16, 32,
+                                                                                                      generator=g))}
+    save_file(base, str(tmp_path / "b.safetensors"))
+    save_file(tuned, str(tmp_path / "t.safetensors"))
+    tab = SparsityTab(Workspace(tmp_path / "ws"))
+    tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="d")
+    tab.select(name)
+    delta = (tuned[name] - base[name]).abs()
+    for shown, tol in (("1e-05", 1e-5), ("1e-03", 1e-3)):
+        tab.tolerance.value = tol                      # the slider moves; the drill-down follows
+        ch = (delta > snap_tolerance(tol)).numpy()
+        title = tab.detail.object["layout"]["title"]
+        assert f"sparsity {1 - ch.mean():.4f} at atol={shown}" in title, title
+        rows = [t for t in tab.detail.object["data"] if t["name"] == "row sparsity"][0]["y"]
+        np.testing.assert_allclose(rows, 1 - ch.sum(axis=1) / 32)
+    assert (ch != (delta > 1e-5).numpy()).any()        # the two tolerances really differ here

@@ -283,20 +283,27 @@ class SparsityTab:
         self.status.object = _message(f"overall sparsity <b>{overall:.4f}</b> at {self.mode.value}="
                                       f"{self.tolerance.value:.0e} ({self.diff.overall['numel']:,} entries, "
                                       f"dtype {', '.join(dtypes)})")
+        if self.cell.value in self.cell.options:   # the drill-down follows the slider
+            self.select(self.cell.value)
 
     def select(self, name: str) -> None:
         """Drill down into one tensor: row/column sparsity and the singular values of its update."""
-        d = self.diff.detail(name)
+        mode, tol = self.mode.value, float(self.tolerance.value)
+        d = self.diff.detail(name, **{mode: tol})
+        own = d["tolerance"].get("atol") == d["rows_atol"]   # row/column counts at the slider's atol
+        rows_at = "" if own else f" at atol={d['rows_atol']:.0e} (the diff's own)"
         data = []
         if d["row_sparsity"] is not None:
-            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity"),
-                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines", name="column sparsity")]
+            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity" + rows_at),
+                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines",
+                          name="column sparsity" + rows_at)]
         if d["svals"] is not None:
             data.append(dict(type="scatter", y=np.asarray(d["svals"]).tolist(), mode="lines", name="singular values",
                              xaxis="x2", yaxis="y2"))
         r = d["row"]
         self.detail.object = {"data": data, "layout": _layout(
-            320, title=f"{name}: sparsity {r['sparsity']:.4f}, rank {r.get('rank')} of {r.get('rank_max')}",
+            320, title=f"{name}: sparsity {d['sparsity']:.4f} at {mode}={tol:.0e}"
+                       + (" x |base|" if mode == "rtol" else "") + f", rank {r.get('rank')} of {r.get('rank_max')}",
             xaxis=dict(domain=[0, 0.45], title="row / column"), yaxis=dict(title="sparsity", range=[0, 1.02]),
             xaxis2=dict(domain=[0.55, 1], title="index"), yaxis2=dict(anchor="x2", type="log",
                                                                      title="singular value"))}

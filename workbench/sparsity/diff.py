@@ -825,28 +825,66 @@ class SparsityDiff:
             frame.loc[layer, col] = 1.0 - sum(changed[x] for x in names) / n if n else 1.0
         return frame
 
-    def detail(self, name: str) -> dict:
-        """Drill-down data of one tensor: its row, per-row/column changed counts and the fraction of
-        unchanged entries per row/column at the diff's ``atol`` (None for non-2-D tensors) and the singular
-        values of its update (None when not computed).
+    def detail(self, name: str, atol: float | None = None, rtol: float | None = None) -> dict:
+        """Drill-down data of one tensor at a tolerance (``atol`` or ``rtol``, snapped as in :meth:`sparsity_at`;
+        neither: the diff's ``atol``): its row, ``sparsity`` and ``tolerance`` (``{"atol": edge}`` or
+        ``{"rtol": edge}``), per-row/column changed counts and the fraction of unchanged entries per row/column
+        (None for non-2-D tensors) and the singular values of its update (None when not computed).
+
+        Row/column counts are cached at the diff's ``atol``; at another ``atol`` they are recounted from the
+        two checkpoints when the diff was made from files that are still there and unchanged (one tensor pair
+        is read), else, and for ``rtol``, they stay at the diff's ``atol``. ``rows_atol`` says which ``atol``
+        they are at.
 
         >>> import torch
         >>> d = diff_checkpoints({"w": torch.zeros(2, 3)}, {"w": torch.tensor([[0., 1., 1.], [0., 0., 0.]])})
         >>> x = d.detail("w")
         >>> x["row_changed"].tolist(), x["col_sparsity"].tolist(), [round(float(v), 4) for v in x["svals"]]
         ([2, 0], [1.0, 0.5, 0.5], [1.4142, 0.0])
+        >>> x = d.detail("w", atol=3)              # nothing moved by more than 3 (in-memory: rows stay at 1e-05)
+        >>> x["sparsity"], x["tolerance"], x["rows_atol"], x["row_changed"].tolist()
+        (1.0, {'atol': 3.164062261581421}, 1e-05, [2, 0])
         """
         self._need_stats()
         rows = {t["name"]: t for t in self.tensors}
         if name not in rows:
             raise ValueError(f"no tensor {name!r} in this diff; names are e.g. {list(rows)[:5]}")
         t, s = rows[name], self.stats[name]
-        out = {"row": t, "row_changed": s["row_changed"], "col_changed": s["col_changed"],
-               "row_sparsity": None, "col_sparsity": None, "svals": s["svals"]}
-        if s["row_changed"] is not None:
-            out["row_sparsity"] = 1.0 - s["row_changed"] / t["shape"][1]
-            out["col_sparsity"] = 1.0 - s["col_changed"] / t["shape"][0]
+        changed, which, edge = self._changed_at(atol, rtol)
+        row_changed, col_changed, rows_atol = s["row_changed"], s["col_changed"], self.atol
+        if which == "atol" and edge != self.atol and row_changed is not None:
+            recount = self._recount_rows(t, edge, changed[name])
+            if recount is not None:
+                row_changed, col_changed, rows_atol = recount[0], recount[1], edge
+        out = {"row": t, "sparsity": 1.0 - changed[name] / t["numel"] if t["numel"] else 1.0,
+               "tolerance": {which: edge}, "rows_atol": rows_atol, "row_changed": row_changed,
+               "col_changed": col_changed, "row_sparsity": None, "col_sparsity": None, "svals": s["svals"]}
+        if row_changed is not None:
+            out["row_sparsity"] = 1.0 - row_changed / t["shape"][1]
+            out["col_sparsity"] = 1.0 - col_changed / t["shape"][0]
         return out
+
+    def _recount_rows(self, t: dict, atol: float, expected: int):
+        """Per-row/column changed counts of tensor row ``t`` at ``atol``, re-read from the diff's checkpoint
+        files; None when they are not files any more, or no longer hold what was diffed."""
+        base, tuned = self.meta.get("base"), self.meta.get("tuned")
+        if not (isinstance(base, str) and isinstance(tuned, str) and os.path.exists(base) and os.path.exists(tuned)):
+            return None
+        name, tname, shape = t["name"], t.get("tuned_name", t["name"]), tuple(t["shape"])
+        try:
+            rb, rt = _open(base, "base"), _open(tuned, "tuned")
+        except (ValueError, OSError):
+            return None
+        try:
+            if rb.meta.get(name) != (shape, t["dtype"]) or rt.meta.get(tname) != (shape, t["dtype"]):
+                return None
+            _, st, _ = _tensor_stats(name, rb, rt, shape, float(atol), None, 0, False, tname=tname)
+        finally:
+            rb.release()
+            rt.release()
+        if int(st["row_changed"].sum()) != expected:  # the files changed since the diff was made
+            return None
+        return st["row_changed"], st["col_changed"]
 
     def to_dict(self) -> dict:
         out = {"format": _FORMAT, "overall": dict(self.overall), "tensors": self.tensors,
