@@ -333,3 +333,57 @@ def test_dashboard_data_selection_and_sparsity_tabs(browser, dashboard):
     page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity.png"), full_page=True)
     assert not errors, errors
     page.close()
+
+
+def test_dashboard_sparsity_pretrained_vs_a_run_and_drill_down_at_the_slider(browser, dashboard):
+    """The README's fine-tune-then-diff on the page: the bundled pretrained model against a run fine-tuned
+    from it (tied embeddings named alike), then a drill-down that follows the tolerance slider."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from workbench import assets
+    from workbench.sparsity.diff import snap_tolerance
+    from workbench.train import TrainConfig, train
+
+    url, run_dir = dashboard
+    run = Path(run_dir) / "runs" / "ft-browser"
+    train(TrainConfig(model=str(assets.pretrained_dir()), data="stdlib", steps=3, batch_size=2, seq_len=32,
+                      eval_interval=0, run_dir=str(run), progress=False, device="cpu"))
+    page, errors = _open(browser, url, 1100)
+    page.locator(".bk-tab", has_text="Sparsity").first.click()
+    tuned = page.get_by_label("tuned checkpoint")
+    page.wait_for_function("el => Array.from(el.options).some(o => o.value.includes('ft-browser'))",
+                           arg=tuned.element_handle(), timeout=30_000)
+    tuned.select_option(label="run: ft-browser")
+    page.get_by_label("save diff as").fill("ft-browser")
+    page.get_by_label("save diff as").press("Enter")
+    page.get_by_role("button", name="Diff checkpoints").click()
+    saved = Path(run_dir) / "diffs" / "ft-browser.json"
+    for _ in range(600):
+        if saved.exists():
+            break
+        page.wait_for_timeout(200)
+    assert saved.exists(), page.locator("span[style*='#b42318']").all_inner_texts()
+    diff = json.loads(saved.read_text())
+    assert diff["overall"]["numel"] == 1_082_496 and not diff["skipped"]   # every tensor once, none left out
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    page.get_by_label("drill down").select_option(name)
+    detail = page.locator(".js-plotly-plot").nth(5)              # after the sparsity heatmap
+    page.wait_for_function("el => el.layout.title && (el.layout.title.text || el.layout.title).includes('atol=1e-05')",
+                           arg=detail.element_handle(), timeout=60_000)
+    sliders = page.locator(".noUi-handle:visible")
+    _press(page, sliders.nth(1), "ArrowRight", 2)                # "changed if |delta| >": 1e-05 -> 1e-03
+    _wait_readout(page, "changed if \\|delta\\| >", 1e-3)
+    page.wait_for_function("el => (el.layout.title.text || el.layout.title).includes('atol=1e-03')",
+                           arg=detail.element_handle(), timeout=60_000)
+    base_w = load_file(str(assets.pretrained_dir() / "model.safetensors"))[name]
+    tuned_w = load_file(str(run / "model.safetensors"))[name]
+    ch = ((tuned_w - base_w).abs() > snap_tolerance(1e-3)).numpy()
+    title = detail.evaluate("el => el.layout.title.text || el.layout.title")
+    assert f"sparsity {1 - ch.mean():.4f} at atol=1e-03" in title, title
+    rows = detail.evaluate("el => Array.from(el.data.find(t => t.name === 'row sparsity').y)")
+    np.testing.assert_allclose(rows, 1 - ch.sum(axis=1) / ch.shape[1])
+    page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity-drill-down.png"), full_page=True)
+    assert not errors, errors
+    page.close()
