@@ -257,3 +257,22 @@ def test_sparsity_drill_down_follows_the_tolerance_slider(tmp_path):
         rows = [t for t in tab.detail.object["data"] if t["name"] == "row sparsity"][0]["y"]
         np.testing.assert_allclose(rows, 1 - ch.sum(axis=1) / 32)
     assert (ch != (delta > 1e-5).numpy()).any()        # the two tolerances really differ here
+
+
+def test_sparsity_tab_can_skip_tensors_that_do_not_line_up(tmp_path):
+    from safetensors.torch import save_file
+
+    from workbench.widgets.dashboard_tabs import SparsityTab
+
+    w = torch.arange(12.0).reshape(3, 4)
+    save_file({"model.layers.0.mlp.up_proj.weight": w, "extra.weight": torch.zeros(2)}, str(tmp_path / "b.safetensors"))
+    tuned = w.clone()
+    tuned[0, 0] += 1.0
+    save_file({"model.layers.0.mlp.up_proj.weight": tuned}, str(tmp_path / "t.safetensors"))
+    tab = SparsityTab(Workspace(tmp_path / "ws"))
+    assert tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x") is None
+    assert "only in base (1): ['extra.weight']" in tab.status.object and "only tensors in both" in tab.status.object
+    tab.intersect.value = True
+    d = tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x")
+    assert d.overall == {"sparsity": 11 / 12, "numel": 12, "changed": 1} and d.skipped == ["extra.weight"]
+    assert "skipped 1 tensor(s) not in both: extra.weight" in tab.status.object
