@@ -276,3 +276,17 @@ def test_sparsity_tab_can_skip_tensors_that_do_not_line_up(tmp_path):
     d = tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x")
     assert d.overall == {"sparsity": 11 / 12, "numel": 12, "changed": 1} and d.skipped == ["extra.weight"]
     assert "skipped 1 tensor(s) not in both: extra.weight" in tab.status.object
+
+
+def test_training_tab_says_a_run_short_of_its_schedule_stopped_there(tmp_path, law_cache):
+    d = _dash(tmp_path, law_cache)
+    t = d.training
+    t.run_name.value = "short"
+    t.sched.value = t.DESIGNED                      # the designer's 10,000-step cosine
+    t.steps.value, t.batch.value, t.seq_len.value, t.eval_interval.value = 5, 2, 16, 5
+    assert t.start() == "short"
+    assert d.ws.wait("short", timeout=120)["state"] == "completed"
+    t.refresh()
+    summary = json.loads((tmp_path / "runs" / "short" / "summary.json").read_text())
+    assert (summary["steps"], summary["total_steps"]) == (5, 10_000)
+    assert "short</b>: stopped at 5 of 10,000 (resumable), step 4" in t.status.object

@@ -344,7 +344,10 @@ class TrainingTab:
             self.status.object += _message(f"<br>could not save the fit: {exc}", "error")
 
     def _status_text(self, status: dict) -> str:
-        text = f"<b>{self._followed}</b>: {status['state']}, step {status['step']}"
+        from workbench.train import status_text
+
+        state = status_text(status["summary"]) if status.get("summary") else status["state"]  # "stopped at 40 of .."
+        text = f"<b>{self._followed}</b>: {state}, step {status['step']}"
         rep = self._fit.report() if self._fit is not None and self._fit._last_step >= 0 else {}
         if rep.get("fitted"):
             text += (f"<br>forecast final loss {rep['final_loss']:.3f} "

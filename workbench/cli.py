@@ -194,16 +194,9 @@ def _fmt(value, kind: str = "") -> str:
 
 
 def _status_text(s: dict) -> str:
-    """``completed``, or ``stopped at 40 of 10,000 (resumable)`` for a run short of its schedule's end."""
-    status, steps, total = s.get("status"), s.get("steps"), s.get("total_steps")
-    if status not in ("completed", "stopped") or steps is None or total is None or steps >= total:
-        return _fmt(status)
-    resumable = s.get("resumable")
-    if resumable is None:  # summaries written before the field existed
-        from workbench.checkpoint import has_checkpoint
+    from workbench.train import status_text
 
-        resumable = bool(s.get("run_dir")) and has_checkpoint(s["run_dir"])
-    return f"stopped at {steps:,} of {total:,}" + (" (resumable)" if resumable else "")
+    return status_text(s)
 
 
 def _format_runs(summaries: list[dict]) -> str:

@@ -82,7 +82,7 @@ from . import checkpoint as ckpt
 from .runlog import RunLog, read_json, write_json_atomic
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
-           "build_optimizer", "resolve_schedule", "run_summary", "ProgressBar", "EVENT_KEYS"]
+           "build_optimizer", "resolve_schedule", "run_summary", "status_text", "ProgressBar", "EVENT_KEYS"]
 
 EVENT_KEYS = ("step", "tokens", "lr", "loss", "grad_norm", "update_norm", "tokens_per_s", "peak_mem", "time")
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "log.jsonl", "summary.json"
@@ -942,3 +942,22 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         "tokens_per_s": (last["tokens"] / last["time"]) if last.get("time") else None,
         "parameters": None, "device": None, "world_size": None,
     }
+
+
+def status_text(summary: dict) -> str:
+    """A run's status for people: ``completed``, or ``stopped at 40 of 10,000 (resumable)`` for a run short of
+    its schedule's end (``--steps`` below the horizon, or stopped), else the ``status`` as it is.
+
+    Example:
+        >>> status_text({"status": "completed", "steps": 40, "total_steps": 10_000, "resumable": True})
+        'stopped at 40 of 10,000 (resumable)'
+        >>> status_text({"status": "completed", "steps": 8, "total_steps": 8})
+        'completed'
+    """
+    status, steps, total = summary.get("status"), summary.get("steps"), summary.get("total_steps")
+    if status not in ("completed", "stopped") or steps is None or total is None or steps >= total:
+        return "-" if status is None else str(status)
+    resumable = summary.get("resumable")
+    if resumable is None:  # summaries written before the field existed
+        resumable = bool(summary.get("run_dir")) and ckpt.has_checkpoint(summary["run_dir"])
+    return f"stopped at {steps:,} of {total:,}" + (" (resumable)" if resumable else "")
