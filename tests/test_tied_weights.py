@@ -123,3 +123,18 @@ def test_dashboard_sparsity_tab_pretrained_vs_a_run(tmp_path):
     changed, numel = _brute_changed(PRETRAINED / "model.safetensors", run / "model.safetensors", 1e-5)
     assert (d.overall["changed"], d.overall["numel"]) == (changed, numel)
     assert "error" not in tab.status.object.lower()
+
+
+def test_diff_of_a_tied_base_and_a_fine_tune_that_untied_its_head(tmp_path):
+    base = build_model(PRETRAINED)
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}   # clones: no longer tied
+    sd["lm_head.weight"][:2] += 1.0                                       # the head moves, the embedding not
+    save_file(sd, str(tmp_path / "untied.safetensors"))
+    for b in (base, PRETRAINED):
+        d = diff_checkpoints(b, tmp_path / "untied.safetensors")
+        rows = {t["name"]: t for t in d.tensors}
+        assert rows["lm_head.weight"]["changed"] == 2 * 128 and rows["lm_head.weight"]["base_name"] == \
+            "model.embed_tokens.weight"
+        assert rows["model.embed_tokens.weight"]["changed"] == 0
+        assert d.overall["changed"] == 2 * 128 and not d.skipped
+        assert d.overall["numel"] == count_parameters(base) + 256 * 128   # two tensors on the tuned side

@@ -315,15 +315,19 @@ def _config_tied(model_dir) -> dict:
     return tied_names(model)
 
 
-def _tied_pairs(rb: _Reader, rt: _Reader, only_b: list, only_t: list) -> list[tuple[str, str]]:
-    """Pairs (base name, tuned name) of one tied tensor stored under different names by the two checkpoints.
+def _ties(reader: _Reader) -> dict:
+    """alias -> kept name of a checkpoint's tied tensors: safetensors metadata (alias -> kept name), tensors
+    sharing storage in state dicts and modules, and a transformers ``config.json`` next to the weights."""
+    return {**_config_tied(reader.model_dir), **reader.tied}
 
-    Ties come from either side: safetensors metadata (alias -> kept name), tensors sharing storage in state
-    dicts and modules, and a transformers ``config.json`` next to the weights. A name pairs only when its
-    tie group holds exactly one unmatched name on the other side."""
+
+def _tied_pairs(btied: dict, ttied: dict, only_b: list, only_t: list) -> list[tuple[str, str]]:
+    """Pairs (base name, tuned name) of one tied tensor stored under different names by the two checkpoints
+    (``btied``/``ttied``: their :func:`_ties`). A name pairs only when its tie group holds exactly one unmatched
+    name on the other side."""
     if not (only_b and only_t):
         return []
-    links = {**_config_tied(rb.model_dir), **_config_tied(rt.model_dir), **rb.tied, **rt.tied}
+    links = {**btied, **ttied}
     parent: dict = {}
 
     def root(n):
@@ -508,11 +512,12 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             acc.mask_parts.append(m)
 
 
-def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None, tname=None):
-    """Stream one tensor pair in chunks (``tname``: its name in ``rt`` when tied under another name);
-    returns (row dict, stats dict, packed mask or None)."""
+def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None, tname=None, bname=None):
+    """Stream one tensor pair in chunks (``bname``/``tname``: its names in ``rb``/``rt`` when a tied tensor is
+    stored under another name); returns (row dict, stats dict, packed mask or None)."""
     tname = name if tname is None else tname
-    dtype = getattr(torch, rb.meta[name][1])
+    bname = name if bname is None else bname
+    dtype = getattr(torch, rb.meta[bname][1])
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     numel = math.prod(shape)
     edges = torch.tensor(TOLERANCE_GRID, dtype=compute)
@@ -527,7 +532,7 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
     delta = torch.empty(numel, dtype=torch.float32) if want_svd else None
     for start in range(0, numel, step):
         stop = min(numel, start + step)
-        bf, tf = rb.read(name, start, stop), rt.read(tname, start, stop)
+        bf, tf = rb.read(bname, start, stop), rt.read(tname, start, stop)
         _chunk_stats(acc, bf, tf, start, compute, atol, rtol, edges)
         if want_svd:
             delta[start:stop] = tf.to(compute) - bf.to(compute)
@@ -549,6 +554,8 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
     }
     if tname != name:
         row["tuned_name"] = tname  # the same tied tensor, stored under another name in the tuned checkpoint
+    if bname != name:
+        row["base_name"] = bname   # ... or in the base checkpoint
     if rtol is not None:
         row["changed_rtol"] = acc.changed_rtol
         row["sparsity_rtol"] = 1.0 - acc.changed_rtol / numel if numel else 1.0
@@ -870,15 +877,16 @@ class SparsityDiff:
         base, tuned = self.meta.get("base"), self.meta.get("tuned")
         if not (isinstance(base, str) and isinstance(tuned, str) and os.path.exists(base) and os.path.exists(tuned)):
             return None
-        name, tname, shape = t["name"], t.get("tuned_name", t["name"]), tuple(t["shape"])
+        name, shape = t["name"], tuple(t["shape"])
+        bname, tname = t.get("base_name", name), t.get("tuned_name", name)
         try:
             rb, rt = _open(base, "base"), _open(tuned, "tuned")
         except (ValueError, OSError):
             return None
         try:
-            if rb.meta.get(name) != (shape, t["dtype"]) or rt.meta.get(tname) != (shape, t["dtype"]):
+            if rb.meta.get(bname) != (shape, t["dtype"]) or rt.meta.get(tname) != (shape, t["dtype"]):
                 return None
-            _, st, _ = _tensor_stats(name, rb, rt, shape, float(atol), None, 0, False, tname=tname)
+            _, st, _ = _tensor_stats(name, rb, rt, shape, float(atol), None, 0, False, tname=tname, bname=bname)
         finally:
             rb.release()
             rt.release()
@@ -951,12 +959,20 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     only_b = sorted(set(rb.meta) - set(rt.meta))
     only_t = sorted(set(rt.meta) - set(rb.meta))
     common = set(rb.meta) & set(rt.meta)
-    tuned_name = {n: n for n in common}
-    for nb, nt in _tied_pairs(rb, rt, only_b, only_t):  # one tied tensor, kept under another name
+    pairs = {n: (n, n) for n in common}   # row name -> (name in base, name in tuned)
+    btied, ttied = (_ties(rb), _ties(rt)) if (only_b or only_t) else ({}, {})
+    for nb, nt in _tied_pairs(btied, ttied, only_b, only_t):  # one tied tensor, kept under another name
         only_b.remove(nb)
         only_t.remove(nt)
-        tuned_name[nb] = nt
-    bad = sorted(n for n in tuned_name if rb.meta[n] != rt.meta[tuned_name[n]])
+        pairs[nb] = (nb, nt)
+    # a tensor tied on one side and stored twice on the other (e.g. a fine-tune that untied its head)
+    for nt in [n for n in only_t if btied.get(n) in rb.meta]:
+        only_t.remove(nt)
+        pairs[nt] = (btied[nt], nt)
+    for nb in [n for n in only_b if ttied.get(n) in rt.meta]:
+        only_b.remove(nb)
+        pairs[nb] = (nb, ttied[nb])
+    bad = sorted(n for n, (b, t) in pairs.items() if rb.meta[b] != rt.meta[t])
     skipped = only_b + only_t + bad
     if skipped and not intersect:
         lines = []
@@ -965,24 +981,24 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
         if only_t:
             lines.append(f"only in tuned ({len(only_t)}): {only_t[:10]}")
         for n in bad[:10]:
-            (sb, db), (st, dt) = rb.meta[n], rt.meta[tuned_name[n]]
+            (sb, db), (st, dt) = rb.meta[pairs[n][0]], rt.meta[pairs[n][1]]
             lines.append(f"{n}: base {db}{list(sb)} vs tuned {dt}{list(st)}")
         raise ValueError("the checkpoints do not line up:\n  " + "\n  ".join(lines) +
                          "\npass intersect=True (CLI: --intersect) to compare only the tensors in both with "
                          "the same shape and dtype, or convert one checkpoint to match the other")
-    names = sorted(set(tuned_name) - set(bad), key=lambda n: (rb.group(n), rt.group(tuned_name[n]), n))
+    names = sorted(set(pairs) - set(bad), key=lambda n: (rb.group(pairs[n][0]), rt.group(pairs[n][1]), n))
     if not names:
         raise ValueError("the checkpoints share no tensor with the same name, shape and dtype; check that "
                          "both are the same architecture")
     rows, stats, masks = [], {}, ({} if keep_masks else None)
-    total = sum(math.prod(rb.meta[n][0]) for n in names)
+    total = sum(math.prod(rb.meta[pairs[n][0]][0]) for n in names)
     show = total > (1 << 27) if progress is None else bool(progress)
     bar = tqdm(total=total, unit="entries", unit_scale=True, desc="diff", disable=not show)
     try:
         for name in names:
-            shape = rb.meta[name][0]
-            row, st, mask = _tensor_stats(name, rb, rt, shape, float(atol), rtol, max_rank_numel, keep_masks,
-                                          tname=tuned_name[name])
+            bname, tname = pairs[name]
+            row, st, mask = _tensor_stats(name, rb, rt, rb.meta[bname][0], float(atol), rtol, max_rank_numel,
+                                          keep_masks, tname=tname, bname=bname)
             rows.append(row)
             stats[name] = st
             if keep_masks:
