@@ -12,6 +12,12 @@ Safetensors are read with plain file reads of each tensor's byte range, in chunk
 shards (no memory map, so the file pages stay in the OS page cache, not in the process); each shard's file
 is closed as soon as the walk leaves it.
 
+Tied tensors (an output head sharing the input embedding) are compared once. When the two checkpoints store
+one under different names (``save_pretrained`` keeps ``model.embed_tokens.weight``, safetensors' ``save_model``
+``lm_head.weight``), the diff pairs them from the ties it can see (safetensors metadata, shared storage in
+state dicts and modules, a transformers ``config.json``); the row records the other name as ``tuned_name``
+or ``base_name``.
+
 Example:
     >>> import torch
     >>> base = {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 3)}
