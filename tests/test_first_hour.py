@@ -28,7 +28,10 @@ def test_a_run_cut_short_says_where_it_stopped_and_that_it_resumes(tmp_path, cap
     (run / "summary.json").write_text(json.dumps(summary))
     assert main(["runs", "show", str(run)]) == 0
     assert "stopped at 40 of 10,000 (resumable)" in capsys.readouterr().out
-    (run / "state.pt").unlink()
+    from workbench.checkpoint import has_checkpoint
+
+    shutil.rmtree(run / "checkpoints")
+    assert not has_checkpoint(run)
     assert main(["runs", "show", str(run)]) == 0
     out = capsys.readouterr().out
     assert "stopped at 40 of 10,000" in out and "resumable" not in out
