@@ -100,6 +100,75 @@ def test_dashboard_schedule_parameter_redraws_plot(browser, dashboard):
     page.close()
 
 
+def _readout(page, label: str) -> float:
+    """The number a slider shows next to its label ("peak LR: 2.5e-04")."""
+    text = page.locator(f"text=/^{label}:/").first.inner_text()
+    return float(text.split(":", 1)[1])
+
+
+def _press(page, handle, key: str, times: int) -> None:
+    handle.focus()
+    for _ in range(times):
+        handle.press(key)
+        page.wait_for_timeout(300)
+
+
+def _wait_readout(page, label: str, value: float, timeout_s: float = 60) -> None:
+    for _ in range(int(timeout_s * 5)):
+        if _readout(page, label) == value:
+            return
+        page.wait_for_timeout(200)
+    assert _readout(page, label) == value
+
+
+def test_dashboard_min_lr_follows_peak_lr_and_the_page_recovers(browser, dashboard):
+    url, run_dir = dashboard
+    page, errors = _open(browser, url)
+    plot = _plot(page)
+    peak, low = page.locator(".noUi-handle").nth(0), page.locator(".noUi-handle").nth(1)
+    assert (_readout(page, "peak LR"), _readout(page, "min LR")) == (3e-3, 3e-4)
+    # drag peak LR one notch below min LR (3e-3 -> 2.5e-4 in 10 notches of the 1-1.5-2-2.5-3-4-5-6-8 grid)
+    _press(page, peak, "ArrowLeft", 10)
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 2.5e-4) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    _wait_readout(page, "min LR", 2.5e-4)
+    lrs = plot.evaluate("el => Array.from(el.data[0].y)")
+    # the sliders show the values the drawn schedule holds: its peak and its final (min) LR
+    assert _readout(page, "peak LR") == pytest.approx(max(lrs), rel=1e-12) == 2.5e-4
+    assert _readout(page, "min LR") == pytest.approx(lrs[-1], rel=1e-9) == 2.5e-4
+    assert page.locator("span[style*='#b42318']").count() == 0, "an error is shown"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-min-lr-clamp.png"), full_page=True)
+    # min LR dragged above peak LR pushes peak LR up with it (2.5e-4 -> 4e-4 in 2 notches)
+    _press(page, low, "ArrowRight", 2)
+    _wait_readout(page, "peak LR", 4e-4)
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 4e-4) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    assert _readout(page, "min LR") == 4e-4
+    # the page still follows every control
+    _press(page, peak, "ArrowRight", 8)          # 4e-4 -> 3e-3
+    page.wait_for_function("el => Math.abs(Math.max(...el.data[0].y) - 3e-3) < 1e-12", arg=plot.element_handle(),
+                           timeout=60_000)
+    _press(page, low, "ArrowLeft", 2)            # 4e-4 -> 2.5e-4
+    page.wait_for_function("el => Math.abs(el.data[0].y[el.data[0].y.length - 1] - 2.5e-4) < 1e-9",
+                           arg=plot.element_handle(), timeout=60_000)
+    cosine_mid = plot.evaluate("el => el.data[0].y[Math.floor(el.data[0].y.length / 2)]")
+    page.get_by_label("family", exact=True).select_option("wsd")
+    page.wait_for_function(f"el => el.data[0].y[Math.floor(el.data[0].y.length / 2)] != {cosine_mid}",
+                           arg=plot.element_handle(), timeout=60_000)
+    page.get_by_label("save as").fill("clamped")
+    page.get_by_label("save as").press("Enter")
+    page.get_by_role("button", name="Save schedule").click()
+    saved = Path(run_dir) / "schedules" / "clamped.json"
+    for _ in range(100):
+        if saved.exists():
+            break
+        page.wait_for_timeout(100)
+    spec = json.loads(saved.read_text())
+    assert (spec["family"], spec["peak_lr"], spec["min_lr"]) == ("wsd", 3e-3, 2.5e-4)
+    assert not errors, errors
+    page.close()
+
+
 def test_dashboard_training_run_from_the_page(browser, dashboard):
     url, run_dir = dashboard
     page, errors = _open(browser, url)
@@ -262,6 +331,60 @@ def test_dashboard_data_selection_and_sparsity_tabs(browser, dashboard):
     assert z and all(v == 1.0 for v in z), z
     assert (Path(run_dir) / "diffs" / "self.json").exists()
     page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_dashboard_sparsity_pretrained_vs_a_run_and_drill_down_at_the_slider(browser, dashboard):
+    """The README's fine-tune-then-diff on the page: the bundled pretrained model against a run fine-tuned
+    from it (tied embeddings named alike), then a drill-down that follows the tolerance slider."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from workbench import assets
+    from workbench.sparsity.diff import snap_tolerance
+    from workbench.train import TrainConfig, train
+
+    url, run_dir = dashboard
+    run = Path(run_dir) / "runs" / "ft-browser"
+    train(TrainConfig(model=str(assets.pretrained_dir()), data="stdlib", steps=3, batch_size=2, seq_len=32,
+                      eval_interval=0, run_dir=str(run), progress=False, device="cpu"))
+    page, errors = _open(browser, url, 1100)
+    page.locator(".bk-tab", has_text="Sparsity").first.click()
+    tuned = page.get_by_label("tuned checkpoint")
+    page.wait_for_function("el => Array.from(el.options).some(o => o.value.includes('ft-browser'))",
+                           arg=tuned.element_handle(), timeout=30_000)
+    tuned.select_option(label="run: ft-browser")
+    page.get_by_label("save diff as").fill("ft-browser")
+    page.get_by_label("save diff as").press("Enter")
+    page.get_by_role("button", name="Diff checkpoints").click()
+    saved = Path(run_dir) / "diffs" / "ft-browser.json"
+    for _ in range(600):
+        if saved.exists():
+            break
+        page.wait_for_timeout(200)
+    assert saved.exists(), page.locator("span[style*='#b42318']").all_inner_texts()
+    diff = json.loads(saved.read_text())
+    assert diff["overall"]["numel"] == 1_082_496 and not diff["skipped"]   # every tensor once, none left out
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    page.get_by_label("drill down").select_option(name)
+    detail = page.locator(".js-plotly-plot").nth(5)              # after the sparsity heatmap
+    page.wait_for_function("el => el.layout.title && (el.layout.title.text || el.layout.title).includes('atol=1e-05')",
+                           arg=detail.element_handle(), timeout=60_000)
+    sliders = page.locator(".noUi-handle:visible")
+    _press(page, sliders.nth(1), "ArrowRight", 2)                # "changed if |delta| >": 1e-05 -> 1e-03
+    _wait_readout(page, "changed if \\|delta\\| >", 1e-3)
+    page.wait_for_function("el => (el.layout.title.text || el.layout.title).includes('atol=1e-03')",
+                           arg=detail.element_handle(), timeout=60_000)
+    base_w = load_file(str(assets.pretrained_dir() / "model.safetensors"))[name]
+    tuned_w = load_file(str(run / "model.safetensors"))[name]
+    ch = ((tuned_w - base_w).abs() > snap_tolerance(1e-3)).numpy()
+    title = detail.evaluate("el => el.layout.title.text || el.layout.title")
+    assert f"sparsity {1 - ch.mean():.4f} at atol=1e-03" in title, title
+    rows = detail.evaluate("el => Array.from(el.data.find(t => t.name === 'row sparsity').y)")
+    np.testing.assert_allclose(rows, 1 - ch.sum(axis=1) / ch.shape[1])
+    page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity-drill-down.png"), full_page=True)
     assert not errors, errors
     page.close()
 

@@ -219,6 +219,88 @@ def test_sparsity_tab_matches_brute_force(tmp_path):
     assert other.diffs.options == ["d"] and other.diff is not None
 
 
+def test_min_lr_follows_peak_lr_and_the_page_recovers(tmp_path, law_cache):
+    d = _dash(tmp_path, law_cache)
+    c = d.schedule.controls
+    c["min_lr"].value = 1e-3
+    c["peak_lr"].value = 4e-4                       # dragged below min LR: min LR follows it down
+    assert c["min_lr"].value == 4e-4
+    fig = d.schedule.plot.object
+    lrs = np.asarray(fig["data"][0]["y"])
+    assert lrs.max() == pytest.approx(4e-4) and lrs[-1] == pytest.approx(4e-4)   # cosine from 4e-4 to 4e-4
+    assert "#b42318" not in d.schedule.status.object
+    c["min_lr"].value = 1e-2                        # min LR dragged above peak LR pushes peak LR up
+    assert (c["peak_lr"].value, c["min_lr"].value) == (1e-2, 1e-2)
+    assert np.asarray(d.schedule.plot.object["data"][0]["y"]).max() == pytest.approx(1e-2)
+    c["min_lr"].value = 4e-4
+    c["family"].value = "wsd"                       # the family switch still redraws
+    assert d.schedule.plot.object is not fig and d.schedule.current().family == "wsd"
+    c["peak_lr"].value = 3e-3
+    assert d.schedule.save("after-clamp") == "after-clamp"
+    saved = d.ws.load_schedule("after-clamp")
+    assert (saved.family, saved.peak_lr, saved.min_lr) == ("wsd", 3e-3, 4e-4)
+
+
+def test_sparsity_drill_down_follows_the_tolerance_slider(tmp_path):
+    from safetensors.torch import save_file
+
+    from workbench.sparsity.diff import snap_tolerance
+    from workbench.widgets.dashboard_tabs import SparsityTab
+
+    g = torch.Generator().manual_seed(1)
+    name = "model.layers.0.mlp.down_proj.weight"
+    base = {name: torch.randn(16, 32, generator=g)}
+    tuned = {name: base[name] + (torch.rand(16, 32, generator=g) < 0.5) * 10 ** (-6 + 4 * torch.rand(16, 32,
+                                                                                                      generator=g))}
+    save_file(base, str(tmp_path / "b.safetensors"))
+    save_file(tuned, str(tmp_path / "t.safetensors"))
+    tab = SparsityTab(Workspace(tmp_path / "ws"))
+    tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="d")
+    tab.select(name)
+    delta = (tuned[name] - base[name]).abs()
+    for shown, tol in (("1e-05", 1e-5), ("1e-03", 1e-3)):
+        tab.tolerance.value = tol                      # the slider moves; the drill-down follows
+        ch = (delta > snap_tolerance(tol)).numpy()
+        title = tab.detail.object["layout"]["title"]
+        assert f"sparsity {1 - ch.mean():.4f} at atol={shown}" in title, title
+        rows = [t for t in tab.detail.object["data"] if t["name"] == "row sparsity"][0]["y"]
+        np.testing.assert_allclose(rows, 1 - ch.sum(axis=1) / 32)
+    assert (ch != (delta > 1e-5).numpy()).any()        # the two tolerances really differ here
+
+
+def test_sparsity_tab_can_skip_tensors_that_do_not_line_up(tmp_path):
+    from safetensors.torch import save_file
+
+    from workbench.widgets.dashboard_tabs import SparsityTab
+
+    w = torch.arange(12.0).reshape(3, 4)
+    save_file({"model.layers.0.mlp.up_proj.weight": w, "extra.weight": torch.zeros(2)}, str(tmp_path / "b.safetensors"))
+    tuned = w.clone()
+    tuned[0, 0] += 1.0
+    save_file({"model.layers.0.mlp.up_proj.weight": tuned}, str(tmp_path / "t.safetensors"))
+    tab = SparsityTab(Workspace(tmp_path / "ws"))
+    assert tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x") is None
+    assert "only in base (1): ['extra.weight']" in tab.status.object and "only tensors in both" in tab.status.object
+    tab.intersect.value = True
+    d = tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x")
+    assert d.overall == {"sparsity": 11 / 12, "numel": 12, "changed": 1} and d.skipped == ["extra.weight"]
+    assert "skipped 1 tensor(s) not in both: extra.weight" in tab.status.object
+
+
+def test_training_tab_says_a_run_short_of_its_schedule_stopped_there(tmp_path, law_cache):
+    d = _dash(tmp_path, law_cache)
+    t = d.training
+    t.run_name.value = "short"
+    t.sched.value = t.DESIGNED                      # the designer's 10,000-step cosine
+    t.steps.value, t.batch.value, t.seq_len.value, t.eval_interval.value = 5, 2, 16, 5
+    assert t.start() == "short"
+    assert d.ws.wait("short", timeout=120)["state"] == "completed"
+    t.refresh()
+    summary = json.loads((tmp_path / "runs" / "short" / "summary.json").read_text())
+    assert (summary["steps"], summary["total_steps"]) == (5, 10_000)
+    assert "short</b>: stopped at 5 of 10,000 (resumable), step 4" in t.status.object
+
+
 def test_schedule_tab_predicts_with_the_124m_law_by_default(tmp_path, law_cache):
     from workbench.livefit import forecast
     from workbench.workspace import default_law

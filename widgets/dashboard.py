@@ -142,8 +142,23 @@ class ScheduleTab:
         """The schedule the controls describe (``ValueError`` for an impossible combination)."""
         return schedules.make(self.controls["family"].value, **self._kwargs())
 
-    def _changed(self, _event=None):
-        self.redraw()
+    def _changed(self, event=None):
+        if not self._keep_min_below_peak(event):   # a clamp moves the other slider, whose change redraws
+            self.redraw()
+
+    def _keep_min_below_peak(self, event=None) -> bool:
+        """Keep min LR <= peak LR: min LR follows peak LR down, and min LR dragged above peak LR pushes peak
+        LR up (the slider the user holds keeps its value: one set back from the server would show its handle
+        where the user left it, not at its value)."""
+        c = self.controls
+        peak, low = c["peak_lr"].value, c["min_lr"].value
+        if low <= peak:
+            return False
+        if event is not None and event.obj is c["min_lr"]:
+            c["peak_lr"].value = min(v for v in self.lr_opts.values() if v >= low)
+        else:
+            c["min_lr"].value = max(v for v in self.min_opts.values() if v <= peak)
+        return True
 
     def redraw(self) -> None:
         fam = self.controls["family"].value
@@ -363,7 +378,10 @@ class TrainingTab:
             self.status.object += _message(f"<br>could not save the fit: {exc}", "error")
 
     def _status_text(self, status: dict) -> str:
-        text = f"<b>{self._followed}</b>: {status['state']}, step {status['step']}"
+        from workbench.train import status_text
+
+        state = status_text(status["summary"]) if status.get("summary") else status["state"]  # "stopped at 40 of .."
+        text = f"<b>{self._followed}</b>: {state}, step {status['step']}"
         rep = self._fit.report() if self._fit is not None and self._fit._last_step >= 0 else {}
         if rep.get("forecast"):
             text += (f"<br>forecast final loss {rep['final_loss']:.3f} "

@@ -180,6 +180,7 @@ class SparsityTab:
         self.tuned_path = pn.widgets.TextInput(label="... or tuned path", placeholder="model dir / .safetensors")
         self.atol = pn.widgets.DiscreteSlider(label="diff atol", options=_tol_options(), value=1e-5)
         self.name = pn.widgets.TextInput(label="save diff as", placeholder="e.g. sft-vs-base")
+        self.intersect = pn.widgets.Checkbox(label="only tensors in both (skip the rest)", value=False)
         self.diff_button = pn.widgets.Button(label="Diff checkpoints", color="primary")
         self.diffs = pn.widgets.Select(label="show diff", options=ws.names("diffs"))
         self.mode = pn.widgets.RadioButtonGroup(label="tolerance", options=["atol", "rtol"], value="atol")
@@ -199,7 +200,7 @@ class SparsityTab:
         self.cell.param.watch(lambda e: e.new and self.select(e.new), "value")
         self.heatmap.param.watch(self._clicked, "click_data")
         self.layout = pn.Row(
-            pn.Column(self.base, self.base_path, self.tuned, self.tuned_path, self.atol, self.name,
+            pn.Column(self.base, self.base_path, self.tuned, self.tuned_path, self.atol, self.name, self.intersect,
                       self.diff_button, pn.layout.Divider(), self.diffs, self.mode, self.tolerance, self.cell,
                       self.status, width=340),
             pn.Column(self.heatmap, self.detail, sizing_mode="stretch_width"), sizing_mode="stretch_width")
@@ -238,13 +239,17 @@ class SparsityTab:
         try:
             name = self.ws.unique_name("diffs", (name or self.name.value or "").strip() or "diff")
             self.status.object = _message(f"diffing {base} and {tuned} ...")
-            d = diff_checkpoints(base, tuned, atol=float(self.atol.value))
+            d = diff_checkpoints(base, tuned, atol=float(self.atol.value), intersect=bool(self.intersect.value))
         except (ValueError, FileNotFoundError) as exc:
-            self.status.object = _message(str(exc), "error")
+            hint = "" if self.intersect.value else "<br>(tick 'only tensors in both' to skip what does not line up)"
+            self.status.object = _message(str(exc).replace("\n", "<br>") + hint, "error")
             return None
         d.to_json(self.ws.path("diffs", name))
         self.diffs.options = self.ws.names("diffs")
         self.diffs.value = name       # loads and draws it
+        if d.skipped:
+            self.status.object += _message(f"<br>skipped {len(d.skipped)} tensor(s) not in both: "
+                                           f"{', '.join(d.skipped[:5])}")
         return d
 
     def load(self) -> None:
@@ -283,20 +288,27 @@ class SparsityTab:
         self.status.object = _message(f"overall sparsity <b>{overall:.4f}</b> at {self.mode.value}="
                                       f"{self.tolerance.value:.0e} ({self.diff.overall['numel']:,} entries, "
                                       f"dtype {', '.join(dtypes)})")
+        if self.cell.value in self.cell.options:   # the drill-down follows the slider
+            self.select(self.cell.value)
 
     def select(self, name: str) -> None:
         """Drill down into one tensor: row/column sparsity and the singular values of its update."""
-        d = self.diff.detail(name)
+        mode, tol = self.mode.value, float(self.tolerance.value)
+        d = self.diff.detail(name, **{mode: tol})
+        own = d["tolerance"].get("atol") == d["rows_atol"]   # row/column counts at the slider's atol
+        rows_at = "" if own else f" at atol={d['rows_atol']:.0e} (the diff's own)"
         data = []
         if d["row_sparsity"] is not None:
-            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity"),
-                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines", name="column sparsity")]
+            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity" + rows_at),
+                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines",
+                          name="column sparsity" + rows_at)]
         if d["svals"] is not None:
             data.append(dict(type="scatter", y=np.asarray(d["svals"]).tolist(), mode="lines", name="singular values",
                              xaxis="x2", yaxis="y2"))
         r = d["row"]
         self.detail.object = {"data": data, "layout": _layout(
-            320, title=f"{name}: sparsity {r['sparsity']:.4f}, rank {r.get('rank')} of {r.get('rank_max')}",
+            320, title=f"{name}: sparsity {d['sparsity']:.4f} at {mode}={tol:.0e}"
+                       + (" x |base|" if mode == "rtol" else "") + f", rank {r.get('rank')} of {r.get('rank_max')}",
             xaxis=dict(domain=[0, 0.45], title="row / column"), yaxis=dict(title="sparsity", range=[0, 1.02]),
             xaxis2=dict(domain=[0.55, 1], title="index"), yaxis2=dict(anchor="x2", type="log",
                                                                      title="singular value"))}

@@ -146,11 +146,28 @@ def _make_pretrained(dst: Path, progress: bool) -> None:
         summary = trainer.run()
         out = Path(tmp) / "pretrained"
         model.save_pretrained(out, safe_serialization=True)
+        _check_names(model, out / "model.safetensors")
         record = {"config": dict(cfg.to_dict(), run_dir=None), "summary": dict(summary, run_dir=None)}
         write_json_atomic(out / "training.json", record)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(out, dst)
+
+
+def _check_names(model, path: Path) -> None:
+    """The pretrained file must name tied tensors as run checkpoints do, or their diffs would not line up."""
+    from safetensors import safe_open
+
+    from workbench.models import tied_names
+
+    with safe_open(path, framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(model.state_dict()) - set(tied_names(model))
+    if saved != expected:
+        raise RuntimeError(f"{path} names tensors differently from run checkpoints: only in the file "
+                           f"{sorted(saved - expected)[:5]}, only in checkpoints {sorted(expected - saved)[:5]}; "
+                           "this transformers version keeps other names for tied weights, adapt "
+                           "workbench.models.tied_names")
 
 
 # --------------------------------------------------------------------------- real loss curves (124M)

@@ -3,8 +3,9 @@
 Layout of a run directory::
 
     RUN/checkpoints/step-00000120/    one complete checkpoint (a directory per step)
-        model.safetensors             the weights (``safetensors.torch.save_model``: tied tensors once),
-                                      with the step in its metadata
+        model.safetensors             the weights, tied tensors once under the name ``save_pretrained``
+                                      keeps (``models.tied_names``; the metadata maps each alias to it,
+                                      as ``safetensors.torch.save_model`` does), with the step
         state.pt                      everything else, loadable with ``torch.load(weights_only=True)``:
                                       ``step``, ``optimizer``, ``scheduler``, ``loader`` (data position),
                                       ``rng`` (torch, cuda, numpy, python) and ``trainer`` (counters)
@@ -47,7 +48,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 
 from .files import atomic_write, atomic_write_text
 from .tensorfiles import SAFETENSORS_DTYPES, load_weights_only, read_safetensors_header
@@ -298,7 +299,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, *, step:
         "trainer": dict(trainer or {}),
     }
     with checkpoint_writer(run_dir, step, keep=keep) as tmp:
-        save_model(model, os.path.join(tmp, MODEL_FILE), metadata={"step": str(step)})
+        _save_weights(model, os.path.join(tmp, MODEL_FILE), {"step": str(step)})
         torch.save(state, os.path.join(tmp, STATE_FILE))
     return os.path.join(_root(run_dir), step_dir_name(step))
 
@@ -320,6 +321,17 @@ def _check_weights(model_path: str, model: torch.nn.Module) -> None:
         if list(want.shape) != info["shape"]:
             raise CheckpointError(f"{model_path}: {name!r} has shape {info['shape']} but the model's is "
                                   f"{list(want.shape)}; build the same model the run used")
+
+
+def _save_weights(model: torch.nn.Module, path: str, metadata: dict) -> None:
+    from .models import tied_names
+
+    weights, aliases = model.state_dict(), tied_names(model)
+    for alias, kept in aliases.items():
+        if alias in weights:
+            del weights[alias]
+            metadata.setdefault(alias, kept)
+    save_file({k: v.contiguous() for k, v in weights.items()}, path, metadata=metadata)
 
 
 def load_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module | None = None, *,

@@ -196,10 +196,16 @@ def _fmt(value, kind: str = "") -> str:
     return str(value)
 
 
+def _status_text(s: dict) -> str:
+    from workbench.train import status_text
+
+    return status_text(s)
+
+
 def _format_runs(summaries: list[dict]) -> str:
     rows = [
         ("run", lambda s: _fmt(s.get("run_dir"))),
-        ("status", lambda s: _fmt(s.get("status"))),
+        ("status", _status_text),
         ("model", lambda s: _fmt(s.get("model"))),
         ("steps", lambda s: f"{_fmt(s.get('steps'), 'int')} / {_fmt(s.get('total_steps'), 'int')}"),
         ("tokens", lambda s: _fmt(s.get("tokens"), "int")),
@@ -246,13 +252,32 @@ def _add_assets(sub: argparse._SubParsersAction) -> None:
     mk.set_defaults(func=_assets_make)
 
 
+def _for_people(value) -> str:
+    """A setting as a person writes it: floats to 4 significant digits (3e-4/10 -> 0.0003), lists itemwise."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_for_people(v) for v in value) + "]"
+    if isinstance(value, dict) and "family" in value:
+        return _schedule_for_people(value)
+    return repr(value)
+
+
+def _schedule_for_people(spec: dict) -> str:
+    """``cosine(peak_lr=0.003, total_steps=1000, warmup_steps=50, min_lr=0.0003)``: unset (None) fields left out."""
+    args = ", ".join(f"{k}={_for_people(v)}" for k, v in spec.items() if k != "family" and v is not None)
+    return f"{spec['family']}({args})"
+
+
 def _assets_list(args: argparse.Namespace) -> int:
     from workbench import assets
 
     for name in assets.RUNS:
         try:
             d = assets.run_dir(name)
-            print(f"run {name:10s} {d}  {assets.RUNS[name].to_python()}")
+            print(f"run {name:10s} {d}  {_schedule_for_people(assets.RUNS[name].to_dict())}")
         except FileNotFoundError:
             print(f"run {name:10s} missing (workbench assets make --only {name})")
     try:

@@ -187,26 +187,22 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def export_safetensors(model: torch.nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Gather the full weights and write them as one ``model.safetensors`` (atomically, rank 0 only),
-    in the layout ``safetensors.torch.save_model`` gives the unsharded model (tied weights once)."""
+    in the layout of the unsharded model's checkpoints (tied weights once, under the name
+    ``models.tied_names`` keeps, as ``save_pretrained`` does; the metadata maps each alias to it)."""
     import torch.distributed as dist
-    from safetensors.torch import _remove_duplicate_names, save_file
+    from safetensors.torch import save_file
 
     from .files import atomic_write
+    from .models import tied_names
 
     state = full_state_dict(model)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
-    # tied parameters: make names of one parameter share one tensor, then keep the name save_model keeps
-    by_param: dict = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_param.setdefault(id(p), []).append(name)
-    for names in by_param.values():
-        for other in names[1:]:
-            if other in state and names[0] in state:
-                state[other] = state[names[0]]
-    for kept, dropped in _remove_duplicate_names(state).items():
-        for name in dropped:
-            state.pop(name, None)
+    metadata = dict(metadata or {})
+    for alias, kept in tied_names(model).items():
+        if alias in state and kept in state:
+            del state[alias]
+            metadata.setdefault(alias, kept)
     state = {k: v.contiguous() for k, v in state.items()}
     atomic_write(os.fspath(path), lambda p: save_file(state, p, metadata=metadata))
 

@@ -107,7 +107,7 @@ except ImportError:   # Windows: no resource module; peak_mem is then reported f
     resource = None
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
-           "build_optimizer", "resolve_schedule", "run_summary", "ProgressBar", "EVENT_KEYS"]
+           "build_optimizer", "resolve_schedule", "run_summary", "status_text", "ProgressBar", "EVENT_KEYS"]
 
 EVENT_KEYS = ("step", "tokens", "lr", "loss", "grad_norm", "update_norm", "tokens_per_s", "peak_mem", "time")
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "log.jsonl", "summary.json"
@@ -967,6 +967,7 @@ class Trainer:
             "model": self.config.model,
             "steps": self.step,
             "total_steps": int(self.schedule.total_steps),
+            "resumable": self.run_dir is not None and self.step < int(self.schedule.total_steps),
             "tokens": self.tokens,
             "final_train_loss": self.last_loss,
             "final_val_loss": self.last_val_loss,
@@ -1212,3 +1213,22 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         is not None else None,
         "parameters": None, "device": None, "world_size": None,
     }
+
+
+def status_text(summary: dict) -> str:
+    """A run's status for people: ``completed``, or ``stopped at 40 of 10,000 (resumable)`` for a run short of
+    its schedule's end (``--steps`` below the horizon, or stopped), else the ``status`` as it is.
+
+    Example:
+        >>> status_text({"status": "completed", "steps": 40, "total_steps": 10_000, "resumable": True})
+        'stopped at 40 of 10,000 (resumable)'
+        >>> status_text({"status": "completed", "steps": 8, "total_steps": 8})
+        'completed'
+    """
+    status, steps, total = summary.get("status"), summary.get("steps"), summary.get("total_steps")
+    if status not in ("completed", "stopped") or steps is None or total is None or steps >= total:
+        return "-" if status is None else str(status)
+    resumable = summary.get("resumable")
+    if resumable is None:  # summaries written before the field existed
+        resumable = bool(summary.get("run_dir")) and ckpt.has_checkpoint(summary["run_dir"])
+    return f"stopped at {steps:,} of {total:,}" + (" (resumable)" if resumable else "")
