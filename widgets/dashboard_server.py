@@ -34,7 +34,7 @@ __all__ = ["TokenAuth", "origins", "server_secret", "USER_HEADER", "ROLE_HEADER"
 
 USER_HEADER, ROLE_HEADER = "X-Workbench-User", "X-Workbench-Role"
 _UID_COOKIE, _AUTH_COOKIE = "workbench-uid", "workbench-auth"
-_LOCAL = ("localhost", "127.0.0.1", "::1")
+_LOCAL = ("localhost", "127.0.0.1")
 
 
 def server_secret(root: str | os.PathLike) -> bytes:
@@ -86,9 +86,7 @@ def origins(address: str, port: int, extra=()) -> list[str]:
                 hosts.add(s.getsockname()[0])
         except OSError:
             pass
-    out = []
-    for h in sorted(hosts):
-        out.append(f"[{h}]:{port}" if ":" in h else f"{h}:{port}")
+    out = [f"{h}:{port}" for h in sorted(hosts) if h and ":" not in h]   # bokeh's allow-list takes no IPv6
     for e in extra:
         out.append(e if ":" in e.rsplit("]", 1)[-1] else f"{e}:{port}")
     return out

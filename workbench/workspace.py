@@ -159,11 +159,11 @@ class _Running:
         self.trainer = None
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self.cancelled = False
+        self.cancelled = self.done = False
 
     @property
     def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.thread is not None and not self.done and self.thread.is_alive()
 
 
 # runs of this process, shared by every Workspace object: key = the run directory
@@ -316,7 +316,8 @@ class Workspace:
             except BaseException as exc:   # kept for status(); the run log and checkpoint stay on disk
                 entry.error = exc
             finally:
-                threading.Thread(target=Workspace._dispatch, daemon=True).start()
+                entry.done = True          # this slot is free: start the next queued run
+                Workspace._dispatch()
 
         entry.thread = threading.Thread(target=work, name=f"workbench-run:{os.path.basename(entry.key)}",
                                         daemon=True)
