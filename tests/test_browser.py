@@ -387,17 +387,21 @@ def test_dashboard_runs_belong_to_their_owner(browser, dashboard):
         box.press("Enter")
     alice.get_by_label("schedule", exact=True).select_option("cosine (default)")
     alice.get_by_role("button", name="Start training").click()
-    alice.get_by_text("alices-run").first.wait_for(timeout=60_000)
-    assert alice.get_by_role("button", name="Stop").is_enabled()
+    log = Path(run_dir) / "runs" / "alices-run" / "log.jsonl"
+    for _ in range(1200):
+        if log.exists():
+            break
+        alice.wait_for_timeout(100)
+    assert log.exists() and alice.get_by_role("button", name="Stop").is_enabled()
 
     # another browser (its own cookies: another user) sees the run read-only
     bob, _ = _open(browser, url)
     bob.locator(".bk-tab", has_text="Training").first.click()
     bob.get_by_label("show run").select_option("alices-run")
+    bob.locator("b", has_text="alices-run").first.wait_for(timeout=30_000)     # the status of alices-run
     bob.get_by_text("read-only").first.wait_for(timeout=30_000)
     assert bob.get_by_role("button", name="Stop").is_disabled()
     assert bob.get_by_role("button", name="Resume").is_disabled()
-    log = Path(run_dir) / "runs" / "alices-run" / "log.jsonl"
     assert not (Path(run_dir) / "runs" / "alices-run" / "summary.json").exists()
 
     # the teacher (admin token) may stop it
@@ -406,6 +410,7 @@ def test_dashboard_runs_belong_to_their_owner(browser, dashboard):
     assert teacher.get_by_text("teacher").count() >= 1 and bob.get_by_text("teacher").count() == 0
     teacher.locator(".bk-tab", has_text="Training").first.click()
     teacher.get_by_label("show run").select_option("alices-run")
+    teacher.locator("b", has_text="alices-run").first.wait_for(timeout=30_000)
     stop = teacher.get_by_role("button", name="Stop")
     stop.wait_for(timeout=30_000)
     assert stop.is_enabled()
