@@ -5,6 +5,7 @@ brute-force sparsity counts of a known perturbation.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 
@@ -45,12 +46,20 @@ def test_schedule_tab_draws_the_designed_schedule(tmp_path, law_cache):
     x = np.asarray(fig["data"][0]["x"])
     assert x[-1] == 99_999 and x.size <= 1001
     np.testing.assert_allclose(fig["data"][0]["y"], sched(x), rtol=1e-12)
-    # predicted loss: the workspace law's prediction at those steps (annealing by default)
-    np.testing.assert_allclose(fig["data"][3]["y"], law_cache.predict(sched, x), rtol=1e-9)
-    assert "predicted final loss" in d.schedule.status.object
+    # predicted loss with the tiny-run law: the workspace law's prediction at those steps (annealing by
+    # default), drawn where it may be shown (100x the fitted length: greyed, nothing below its floor)
+    d.schedule.source.value = "tiny"
+
+    def drawn(law):
+        y = np.array([np.nan if v is None else v for v in d.schedule.plot.object["data"][3]["y"]])
+        pred = law.predict(sched, x)
+        np.testing.assert_array_equal(np.isnan(y), (pred <= 0) | (pred < law.floor))
+        return y[~np.isnan(y)], pred[~np.isnan(y)]
+
+    np.testing.assert_allclose(*drawn(law_cache), rtol=1e-9)
+    assert "no trustworthy prediction" in d.schedule.status.object and "100.0x" in d.schedule.status.object
     d.schedule.law.value = "multipower"
-    multi = d.ws.law("multipower")
-    np.testing.assert_allclose(d.schedule.plot.object["data"][3]["y"], multi.predict(sched, x), rtol=2e-3)
+    np.testing.assert_allclose(*drawn(d.ws.law("multipower")), rtol=2e-3)
 
 
 def test_schedule_figure_dict_matches_the_plotly_figure():
@@ -423,7 +432,9 @@ def test_idle_session_does_not_reread_the_log(tmp_path, law_cache, monkeypatch):
     with real_open(log, "a") as f:                  # a new line (e.g. a resumed run) is read, alone
         f.write(json.dumps({"step": 30, "loss": 1.0}) + "\n")
     d.refresh()
-    assert opened == [str(log)] and 30 in d.training._by_step
+    # the session's tail and the shared status tail each read the appended bytes once, from their offsets
+    assert opened == [str(log)] * 2 and 30 in d.training._by_step
+    assert d.training._tail.offset == log.stat().st_size == workspace._TAILS[str(log)].offset
 
 
 def test_sparsity_paths_only_inside_allowed_folders(tmp_path):
@@ -497,3 +508,63 @@ def test_interrupted_runs_resume_on_restart(tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "runs" / "r" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 29 and set(range(30)) <= set(steps)
     assert ws.run_status("fresh")["state"] == "interrupted"
+
+
+def test_schedule_tab_predicts_with_the_124m_law_by_default(tmp_path, law_cache):
+    from workbench.livefit import forecast
+    from workbench.workspace import default_law
+
+    d = _dash(tmp_path, law_cache)
+    tab = d.schedule
+    assert tab.source.value == "124m" and "tiny" in tab.source.options.values()
+    c = tab.controls
+    c["peak_lr"].value = 1e-3                       # inside the 124M runs' LR: a forecast it can make
+    real = default_law("annealing", source="124m")
+    assert real.info["curves"] and tab.fitted_law() is real
+    fig = tab.plot.object
+    sched = tab.current()
+    x = np.asarray(fig["data"][0]["x"])
+    np.testing.assert_allclose(fig["data"][3]["y"], real.predict(sched, x), rtol=1e-9)
+    final = float(real.predict(sched, [sched.total_steps - 1])[0])
+    assert f"predicted final loss {final:.4f}" in tab.status.object
+    assert "law fitted to real 124M runs" in tab.status.object
+    c["peak_lr"].value = 3e-3                       # 3x the fitted LR: greyed, with the reason
+    assert "no trustworthy prediction" in tab.status.object and "peak LR 0.003 is outside" in tab.status.object
+    assert tab.plot.object["data"][3]["line"] == {"color": "#9aa5b1", "dash": "dot"}
+    assert forecast(real, tab.current()).problems and not tab.forecasts[0].ok
+
+
+def test_schedule_tab_never_shows_a_negative_predicted_loss(tmp_path, law_cache):
+    # the issue's case: the tiny-run law, WSD at peak 8e-3 over the default 10k steps predicted -0.1958
+    d = _dash(tmp_path, law_cache)
+    tab = d.schedule
+    tab.source.value = "tiny"
+    tab.controls["family"].value = "wsd"
+    tab.controls["peak_lr"].value = 8e-3
+    raw = tab.fitted_law().predict(tab.current(), [9_999])[0]
+    assert raw < 0                                  # the law's own number ...
+    status = tab.status.object
+    assert f"{raw:.4f}" not in status.split("negative loss")[0] and "predicted final loss" not in status
+    assert "no trustworthy prediction" in status and "impossible, so no forecast" in status
+    y = [v for v in tab.plot.object["data"][3]["y"] if v is not None]
+    assert all(v > 0 and v >= tab.fitted_law().floor for v in y)     # ... is never drawn
+    assert tab.plot.object["data"][3]["y"][-1] is None
+    for w in tab.fitted_law().warnings:                                # the fit's warnings are on screen
+        assert html.escape(w) in status
+
+
+def test_training_tab_says_why_there_is_no_forecast(tmp_path, law_cache):
+    from workbench.livefit import LiveFit
+
+    d = _dash(tmp_path, law_cache)
+    t = d.training
+    # the default: 200 steps of the designed 10k-step schedule with 500 warmup steps
+    sched = d.schedule.current()
+    assert (sched.total_steps, sched.warmup, t.steps.value) == (10_000, 500, 200)
+    live = LiveFit(sched, law="multipower", min_points=8)
+    for s in range(200):
+        live({"step": s, "lr": sched(s), "loss": 5.0 - 0.01 * s, **({"val_loss": 4.0} if s % 10 == 9 else {})})
+    t._fit, t._followed = live, "demo"
+    text = t._status_text({"state": "completed", "step": 200})
+    assert "no forecast: fit needs 8 points after warmup (step 500); 0 so far" in text
+    assert "forecast final loss" not in text

@@ -62,13 +62,37 @@ def test_parity_linear_cosine_inverse_sqrt(cfg):
 
 @pytest.mark.parametrize("decay", ["linear", "cosine", "1-sqrt"])
 @pytest.mark.parametrize("cfg", [(1000, 100, 200), (300, 0, 30), (64, 5, 59), (40, 3, 1)])
-def test_parity_wsd(decay, cfg):
+@pytest.mark.parametrize("ratio", [0.0, 0.1])
+def test_parity_wsd(decay, cfg, ratio):
     total, warm, dec = cfg
     peak = 2e-3
-    ours = schedules.wsd(peak_lr=peak, total_steps=total, warmup_steps=warm, decay_steps=dec, decay=decay)
+    ours = schedules.wsd(peak_lr=peak, total_steps=total, warmup_steps=warm, decay_steps=dec, decay=decay,
+                         min_lr=ratio * peak)
     theirs = _hf_lrs(lambda o: hf.get_wsd_schedule(o, num_warmup_steps=warm, num_decay_steps=dec,
-                                                   num_training_steps=total, decay_type=decay), peak, total)
+                                                   num_training_steps=total, decay_type=decay,
+                                                   min_lr_ratio=ratio), peak, total)
     np.testing.assert_allclose(ours(np.arange(total)), theirs, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("warmup_shape", ["linear", "cosine", "1-sqrt"])
+@pytest.mark.parametrize("decay, cycles", [("linear", 0.5), ("1-sqrt", 0.5), ("cosine", 0.5), ("cosine", 1.0),
+                                           ("cosine", 0.25)])
+def test_parity_wsd_every_transformers_argument(warmup_shape, decay, cycles):
+    """min_lr_ratio, num_warmup/stable/decay_steps (with and without num_training_steps), warmup_type,
+    decay_type and num_cycles: transformers' own LRs, step by step (and 20 steps past the end)."""
+    peak, warm, stable, dec, ratio = 3e-4, 17, 40, 23, 0.05
+    total = warm + stable + dec
+    ours = schedules.wsd(peak_lr=peak, total_steps=total, warmup_steps=warm, decay_steps=dec, decay=decay,
+                         min_lr=ratio * peak, warmup_shape=warmup_shape, num_cycles=cycles)
+    for kw in (dict(num_training_steps=total), dict(num_stable_steps=stable)):
+        theirs = _hf_lrs(lambda o: hf.get_wsd_schedule(o, num_warmup_steps=warm, num_decay_steps=dec,
+                                                       warmup_type=warmup_shape, decay_type=decay,
+                                                       min_lr_ratio=ratio, num_cycles=cycles, **kw),
+                         peak, total + 20)
+        np.testing.assert_allclose(ours(np.arange(total + 20)), theirs, rtol=1e-12, atol=0, err_msg=str(kw))
+    # the warmup starts at min_lr (transformers'), not at 0
+    assert ours(0) == pytest.approx(ratio * peak, rel=1e-12)
+    assert schedule_from_dict(json.loads(json.dumps(ours.to_dict()))) == ours
 
 
 # ----------------------------------------------------------------------------- hand-computed values

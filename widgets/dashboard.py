@@ -1,7 +1,7 @@
 """The classroom dashboard: ``workbench serve`` - the four tools in one panel app, no notebook needed.
 
-Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to the bundled
-runs, save it), **Training** (start a short run of the tiny model from the page and watch its loss
+Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to real 124M runs
+or to the bundled tiny runs, greyed with the reasons outside the fit's domain, save it), **Training** (start a short run of the tiny model from the page and watch its loss
 with the live loss-law forecast), **Data selection** (angle concentration of a generated task,
 the GAIN sampler's subset highlighted live, export of the chosen indices) and **Sparsity** (diff
 two checkpoints, heatmap of update sparsity at any tolerance, drill-down on a matrix).
@@ -46,11 +46,12 @@ import panel as pn
 import plotly.graph_objects as go
 
 from workbench import plots, schedules
-from workbench.workspace import LogTail, Workspace
+from workbench.workspace import SOURCES, LogTail, Workspace, default_law
 
 __all__ = ["Dashboard", "ScheduleTab", "TrainingTab", "app", "serve", "lr_options", "esc", "bounded", "LIMITS"]
 
 MAX_POINTS = 1000        # points per drawn curve: plenty for a plot, and half the work of 2000 per redraw
+OUT_OF_DOMAIN = "#9aa5b1"  # grey: a prediction outside the fitted law's domain
 FAMILIES = ("cosine", "wsd", "linear", "constant", "inverse_sqrt", "infinite")
 
 #: server-side bounds of every number a page can send (the widgets show the same bounds, but a
@@ -115,7 +116,7 @@ def _message(text: str, kind: str = "info") -> str:
 
 def _html_message(markup: str, kind: str = "info") -> str:
     """A status line from markup whose user parts were passed through :func:`esc`."""
-    color = {"info": "#555", "ok": "#1a7f37", "error": "#b42318"}[kind]
+    color = {"info": "#555", "ok": "#1a7f37", "warn": "#9a6700", "error": "#b42318"}[kind]
     return f'<span style="color:{color}">{markup}</span>'
 
 
@@ -139,13 +140,17 @@ class ScheduleTab:
     """Design a schedule with panel controls; the figure (LR, S1, S2, predicted loss) is
     :func:`workbench.plots.schedule_figure` with the workspace's fitted law as predictor."""
 
-    def __init__(self, ws: Workspace, predict: bool = True, law: str = "annealing"):
+    def __init__(self, ws: Workspace, predict: bool = True, law: str = "annealing", source: str = "124m"):
         self.ws = ws
         self.predict = predict
         # the annealing law by default: O(steps) per prediction (multipower is O(steps x points))
         self.law = pn.widgets.Select(label="loss law (predicted loss)", options=["annealing", "multipower"],
                                      value=law, visible=predict)
+        # the predictor: by default the law fitted to real 124M runs, or the one fitted to the tiny runs
+        self.source = pn.widgets.Select(label="predicted by", options={v: k for k, v in SOURCES.items()},
+                                        value=source, visible=predict)
         self.predictor = None
+        self.forecasts: list = []
         self.lr_opts, self.min_opts = lr_options(), lr_options(-7, -1, zero=True)
         c = self.controls = {
             "family": pn.widgets.Select(label="family", options=list(FAMILIES), value="cosine"),
@@ -172,11 +177,12 @@ class ScheduleTab:
             w.param.watch(self._changed, "value")
         self.compare.param.watch(self._changed, "value")
         self.law.param.watch(self._changed, "value")
+        self.source.param.watch(self._changed, "value")
         self.save_button.on_click(lambda _e: self.save())
         self.redraws = 0
         self.redraw()
         self.layout = pn.Row(
-            pn.Column(*c.values(), self.law, pn.layout.Divider(), self.compare, self.name, self.save_button,
+            pn.Column(*c.values(), self.source, self.law, pn.layout.Divider(), self.compare, self.name, self.save_button,
                       self.status, width=320),
             self.plot, sizing_mode="stretch_width")
 
@@ -220,22 +226,48 @@ class ScheduleTab:
                 names.append(n)
             except (ValueError, FileNotFoundError) as exc:
                 self.status.object = _message(f"{n}: {exc}", "error")
-        if self.predict and self.law.value not in ("annealing", "multipower"):
-            self.status.object = _message("loss law must be annealing or multipower", "error")
+        if self.predict and (self.law.value not in ("annealing", "multipower") or self.source.value not in SOURCES):
+            self.status.object = _message("choose a loss law and a source from the lists", "error")
             return
-        if self.predict:
-            self.predictor = self.ws.law(self.law.value).predictor(max_points=MAX_POINTS)
-        fig = plots.schedule_figure_dict(scheds, names=names, predictor=self.predictor, max_points=MAX_POINTS)
+        fig = plots.schedule_figure_dict(scheds, names=names, max_points=MAX_POINTS)
         fig["layout"]["uirevision"] = "designer"
+        text = self._draw_forecasts(fig, scheds, names) if self.predict else ""
         self.plot.object = fig
         self.redraws += 1
-        if self.predictor is not None:
-            loss = fig["data"][3]["y"]
-            final = float(loss[-1]) if len(loss) else float("nan")
-            self.status.object = _message(f"predicted final loss {final:.4f} ({self.law.value} law fitted to "
-                                          f"the bundled tiny-model runs)")
-        else:
-            self.status.object = ""
+        self.status.object = text
+
+    def fitted_law(self):
+        """The law that predicts the loss (the "predicted by" and "loss law" choices)."""
+        if self.source.value == "tiny":
+            return self.ws.law(self.law.value)
+        return default_law(self.law.value, source=self.source.value)
+
+    def _draw_forecasts(self, fig: dict, scheds: list, names: list) -> str:
+        """Fill each schedule's predicted-loss trace from :func:`workbench.livefit.forecast` (greyed and
+        dotted outside the fit's domain, nothing below its floor); return the status text."""
+        from workbench.livefit import forecast
+
+        fitted = self.fitted_law()
+        self.predictor = fitted.predictor(max_points=MAX_POINTS)
+        self.forecasts = []
+        lines = []
+        for i, (s, n) in enumerate(zip(scheds, names)):
+            trace = fig["data"][4 * i + 3]
+            fc = forecast(fitted, s, fig["data"][4 * i]["x"])
+            self.forecasts.append(fc)
+            trace["x"], trace["y"] = fc.steps, fc.shown()
+            if not fc.ok:
+                trace["line"] = dict(color=OUT_OF_DOMAIN, dash="dot")
+                trace["name"] = f"{n} (outside the fit's domain)"
+            who = "" if i == 0 else f"{n}: "
+            if fc.ok and fc.final is not None:
+                lines.append(_message(f"{who}predicted final loss {fc.final:.4f}"))
+            else:
+                lines.append(_message(f"{who}no trustworthy prediction: " + "; ".join(fc.problems), "warn"))
+        about = f"{self.law.value} {SOURCES[self.source.value]}"
+        lines.append(_message(f"({about})"))
+        lines += [_message("fit warning: " + w, "warn") for w in fitted.warnings]
+        return "<br>".join(lines)
 
     def save(self, name: str | None = None) -> str | None:
         """Save the designed schedule as ``schedules/NAME.json`` in the workspace."""
@@ -448,14 +480,21 @@ class TrainingTab:
         if not self._allowed(self._followed):
             text += " &middot; another user's run: read-only"
         rep = self._fit.report() if self._fit is not None and self._fit._last_step >= 0 else {}
-        if rep.get("fitted"):
+        if rep.get("forecast"):
             text += (f"<br>forecast final loss {rep['final_loss']:.3f} "
-                     f"[{rep['final_low']:.3f}, {rep['final_high']:.3f}] ({esc(rep['loss_key'])})")
+                     f"[{rep['final_low']:.3f}, {rep['final_high']:.3f}] ({rep['level']:.0%} band, "
+                     f"{esc(rep['loss_key'])})")
+        elif rep.get("reason"):
+            text += f"<br>no forecast: {esc(rep['reason'])}"
+        for w in rep.get("warnings", []):
+            text += f"<br>fit warning: {esc(w)}"
         if status.get("error"):
             text += f"<br>{esc(status['error'])}"
         return _html_message(text, "error" if status["state"] == "failed" else "info")
 
     def _figure(self):
+        from workbench.livefit import LEVEL
+
         fig = self._empty()
         if not self._by_step:
             return fig
@@ -468,16 +507,18 @@ class TrainingTab:
             fig.add_scatter(x=[s for s, _ in val], y=[v for _, v in val], name="val loss",
                             mode="lines+markers", line=dict(color="#ef553b"))
         if self._fit is not None and self._fit.fitted is not None:
-            # the laws describe the loss after warmup: forecast from there on
+            # the laws describe the loss after warmup: forecast from there on; points with a loss
+            # below the fit's floor or a band wider than the loss are not drawn (livefit.forecast)
             T, start = self._fit.lrs.size, self._fit.schedule.warmup
             grid = plots.display_steps(T, 400)
-            grid = grid[grid >= start]
-            mean, lo, hi = self._fit.predict(grid, band=True)
-            fig.add_scatter(x=grid, y=hi, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
-            fig.add_scatter(x=grid, y=lo, mode="lines", line=dict(width=0), fill="tonexty",
-                            fillcolor="rgba(99,110,250,0.15)", name="95% band", hoverinfo="skip")
-            fig.add_scatter(x=grid, y=mean, name=f"forecast ({self._fit.law})", mode="lines",
-                            line=dict(color="#636efa", dash="dash"))
+            fc = self._fit.forecast(grid[grid >= start])
+            if fc.final is not None and fc.ok:
+                fig.add_scatter(x=fc.steps, y=fc.shown(fc.high), mode="lines", line=dict(width=0),
+                                showlegend=False, hoverinfo="skip")
+                fig.add_scatter(x=fc.steps, y=fc.shown(fc.low), mode="lines", line=dict(width=0), fill="tonexty",
+                                fillcolor="rgba(99,110,250,0.15)", name=f"{LEVEL:.0%} band", hoverinfo="skip")
+                fig.add_scatter(x=fc.steps, y=fc.shown(), name=f"forecast ({self._fit.law})", mode="lines",
+                                line=dict(color="#636efa", dash="dash"))
         seen = [r["loss"] for r in recs if r.get("loss") is not None] + [v for _, v in val]
         if seen:   # the observed losses set the scale; a wide early band does not
             lo_y, hi_y = min(seen), max(seen)

@@ -53,8 +53,6 @@ from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 _FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "gpt2": ("GPT2Config", "GPT2LMHeadModel")}
 _LLAMA = dict(num_attention_heads=None, rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False,
               attention_dropout=0.0, rope_theta=10000.0, initializer_range=0.02)

@@ -43,6 +43,13 @@ __all__ = [
 ]
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "1-square", "exponential", "wsdsc")
+#: the longest horizon a schedule may have (far beyond any real run; refuses 1e12-step typos early)
+MAX_TOTAL_STEPS = 10**9
+#: ``lrs()`` refuses to allocate a per-step array longer than this (800 MB of float64)
+MAX_LRS_STEPS = 10**8
+#: how deeply ``join``/``rewarm`` dicts may nest in a SPEC
+MAX_SPEC_DEPTH = 32
+WARMUP_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -62,8 +69,10 @@ def _check_number(name: str, value: Any, *, low: float | None = 0.0, high: float
 
 
 def _check_int(name: str, value: Any, *, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer():
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
             value = int(value)
         else:
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
@@ -84,7 +93,7 @@ def _check_lrs(peak_lr: Any, min_lr: Any) -> tuple[float, float]:
 
 
 def _check_warmup(warmup_steps: Any, total_steps: Any) -> tuple[int, int]:
-    total = _check_int("total_steps", total_steps, low=1)
+    total = _check_int("total_steps", total_steps, low=1, high=MAX_TOTAL_STEPS)
     warm = _check_int("warmup_steps", warmup_steps, low=0)
     if warm >= total:
         raise ValueError(f"warmup_steps must be in [0, total_steps={total}), got {warm}")
@@ -117,14 +126,15 @@ def _warmup_factor(t: np.ndarray, warmup: int) -> np.ndarray:
     return t / max(1, warmup)
 
 
-def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float) -> np.ndarray:
-    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done."""
+def _decay_multiplier(x: np.ndarray, shape: str, peak: float, low: float, cycles: float = 0.5) -> np.ndarray:
+    """LR during a decay phase, ``x`` in [0, 1] the fraction of the phase done. ``cycles``: cosine
+    periods over the phase (0.5: half a cosine, peak to ``low``; transformers' ``num_cycles``)."""
     if shape == "exponential":
         return peak ** (1.0 - x) * low ** x
     if shape == "linear":
         f = 1.0 - x
     elif shape == "cosine":
-        f = 0.5 * (1.0 + np.cos(np.pi * x))
+        f = 0.5 * (1.0 + np.cos(np.pi * x)) if cycles == 0.5 else 0.5 * (1.0 + np.cos(np.pi * float(cycles) * 2.0 * x))
     elif shape == "1-sqrt":
         f = 1.0 - np.sqrt(x)
     elif shape == "1-square":
@@ -170,6 +180,10 @@ class Schedule:
         Schedules are immutable, so the horizon's array is computed once and kept; each call returns
         a fresh copy of it (a designer redraw asks several times; copying is ~100x cheaper).
         """
+        n = self.total_steps if total_steps is None else _check_int("total_steps", total_steps, low=1)
+        if n > MAX_LRS_STEPS:
+            raise ValueError(f"an LR array of {n:,} steps would take {8 * n / 2**30:.1f} GiB; evaluate the "
+                             f"schedule at the steps you need instead (sched(steps)); at most {MAX_LRS_STEPS:,}")
         if total_steps is None or total_steps == self.total_steps:
             cached = self.__dict__.get("_lrs_cache")
             if cached is None:
@@ -197,8 +211,73 @@ class Schedule:
         return f"schedules.{self.family}({args})"
 
     def torch_scheduler(self, optimizer) -> "ScheduleLR":
-        """A torch LR scheduler setting each group's LR to ``self(t) * group.get('lr_scale', 1)``."""
+        """A torch LR scheduler setting each group's LR to ``self(t)`` times the group's ratio
+        (``lr_scale``, or its ``initial_lr`` over the largest one); see :class:`ScheduleLR`."""
         return ScheduleLR(optimizer, self)
+
+    # -- other frameworks' conventions
+    def to_numpy(self, total: int | None = None) -> np.ndarray:
+        """The LR at steps ``0 .. total-1`` as a float64 array (default: the schedule's horizon).
+
+        >>> constant(peak_lr=1.0, total_steps=4, warmup_steps=2).to_numpy(5).tolist()
+        [0.0, 0.5, 1.0, 1.0, 1.0]
+        """
+        return self.lrs(total)
+
+    def _peak(self) -> float:
+        peak = getattr(self, "peak_lr", None)
+        return float(peak) if peak else float(self.lrs().max())
+
+    def as_lambda(self, base_lr: float | None = None) -> Callable[[int], float]:
+        """The multiplier ``t -> self(t) / base_lr`` for ``torch.optim.lr_scheduler.LambdaLR`` (and
+        transformers, accelerate, Lightning, which take a LambdaLR). LambdaLR multiplies each group's
+        initial ``lr`` by it, so build the optimizer with ``lr=base_lr`` (default: the peak LR);
+        groups built with other LRs keep their ratio.
+
+        >>> import torch
+        >>> s = cosine(peak_lr=1e-3, total_steps=10, warmup_steps=2)
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        >>> sch = torch.optim.lr_scheduler.LambdaLR(opt, s.as_lambda())
+        >>> lrs = []
+        >>> for _ in range(10):
+        ...     lrs.append(opt.param_groups[0]["lr"]); opt.step(); sch.step()
+        >>> bool(np.allclose(lrs, s.lrs(), rtol=1e-12, atol=0))
+        True
+        """
+        base = self._peak() if base_lr is None else _check_number("base_lr", base_lr, low=0.0, strict_low=True)
+        table = self.lrs() / base
+        last = float(table[-1])
+
+        def multiplier(step: int) -> float:
+            step = int(step)
+            return float(table[step]) if 0 <= step < table.size else (last if step >= table.size else float(table[0]))
+
+        return multiplier
+
+    def as_optax(self) -> Callable:
+        """An optax-compatible schedule ``count -> lr`` (jax-traceable: a table lookup, so it works
+        under ``jax.jit`` and as ``optax.adamw(learning_rate=...)``). Needs jax."""
+        try:
+            import jax.numpy as jnp
+        except ImportError:
+            raise ValueError("as_optax() needs jax (pip install jax optax); for numpy use to_numpy()") from None
+        table = jnp.asarray(self.lrs(), dtype=jnp.float32)
+        n = int(table.shape[0])
+
+        def schedule(count):
+            return table[jnp.clip(jnp.asarray(count, dtype=jnp.int32), 0, n - 1)]
+
+        return schedule
+
+    @classmethod
+    def from_hf(cls, args, total_steps: int | None = None) -> "Schedule":
+        """The schedule a transformers ``Trainer`` runs with ``args`` (``TrainingArguments``, or a dict
+        of its fields: ``learning_rate``, ``lr_scheduler_type``, ``lr_scheduler_kwargs``,
+        ``warmup_steps``/``warmup_ratio``, ``max_steps``). ``total_steps`` when ``max_steps`` is not set
+        (an epoch-based run). See :func:`workbench.integrations.hf.schedule_from_hf`."""
+        from workbench.integrations.hf import schedule_from_hf
+
+        return schedule_from_hf(args, total_steps=total_steps)
 
     def __repr__(self) -> str:
         return self.to_python().replace("schedules.", "", 1)
@@ -307,11 +386,15 @@ class WSD(Schedule):
     decay_steps: int | None = None
     decay_fraction: float | None = None
     decay: str = "linear"
+    warmup_shape: str = "linear"
+    num_cycles: float = 0.5
 
     def __post_init__(self):
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
         w, n = _check_warmup(self.warmup_steps, self.total_steps)
         _check_shape("decay", self.decay, DECAY_SHAPES)
+        _check_shape("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
+        _check_number("num_cycles", self.num_cycles, low=0.0, strict_low=True)
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0 (it decays geometrically to min_lr); "
                              "set min_lr, e.g. min_lr=0.01*peak_lr, or pick another decay shape")
@@ -334,11 +417,20 @@ class WSD(Schedule):
         return int(round(frac * self.total_steps))
 
     def _lr(self, t):
+        # transformers' get_wsd_schedule: the warmup rises from min_lr (not 0) to the peak
         w, n, d = self.warmup_steps, self.total_steps, self.n_decay
         start = n - d
         x = np.clip((t - start) / max(1, d), 0.0, 1.0)
-        out = np.where(t < start, self.peak_lr, _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr))
-        return np.where(t < w, self.peak_lr * _warmup_factor(t, w), out)
+        out = np.where(t < start, self.peak_lr,
+                       _decay_multiplier(x, self.decay, self.peak_lr, self.min_lr, self.num_cycles))
+        out = np.where(t >= n, self.min_lr, out)         # after the decay: min_lr (whatever num_cycles)
+        p = _warmup_factor(np.minimum(t, w), w)
+        if self.warmup_shape == "cosine":
+            p = 0.5 * (1.0 - np.cos(np.pi * p))
+        elif self.warmup_shape == "1-sqrt":
+            p = 1.0 - np.sqrt(1.0 - p)
+        r = self.min_lr / self.peak_lr
+        return np.where(t < w, self.peak_lr * (p * (1.0 - r) + r), out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -514,7 +606,8 @@ class Piecewise(Schedule):
         object.__setattr__(self, "points", tuple(zip(steps, lrs)))
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", steps[-1] + 1)
-        _check_int("total_steps", self.total_steps, low=1)
+        object.__setattr__(self, "total_steps", _check_int("total_steps", self.total_steps, low=1,
+                                                           high=MAX_TOTAL_STEPS))
 
     @property
     def peak_lr(self) -> float:
@@ -549,7 +642,7 @@ class Refined(Schedule):
         _check_number("window_fraction", self.window_fraction, low=0.0, high=1.0)
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", int(g.size))
-        _check_int("total_steps", self.total_steps, low=2)
+        _check_int("total_steps", self.total_steps, low=2, high=MAX_LRS_STEPS)
         object.__setattr__(self, "_table", _refine(g, int(self.total_steps), self.method,
                                                    float(self.window_fraction)) * float(self.peak_lr))
 
@@ -583,7 +676,8 @@ class Join(Schedule):
         scheds = tuple(s if isinstance(s, Schedule) else schedule_from_dict(s) for s in self.schedules)
         if not scheds:
             raise ValueError("join needs at least one schedule")
-        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1) for i, b in enumerate(self.boundaries))
+        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1, high=MAX_TOTAL_STEPS)
+                       for i, b in enumerate(self.boundaries))
         if len(bounds) != len(scheds) - 1:
             raise ValueError(f"join needs len(boundaries) == len(schedules) - 1, got {len(bounds)} "
                              f"boundaries for {len(scheds)} schedules")
@@ -638,7 +732,7 @@ class Rewarm(Schedule):
         prev = self.previous if isinstance(self.previous, Schedule) else schedule_from_dict(self.previous)
         object.__setattr__(self, "previous", prev)
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
-        n = _check_int("cycle_steps", self.cycle_steps, low=1)
+        n = _check_int("cycle_steps", self.cycle_steps, low=1, high=MAX_TOTAL_STEPS)
         w = _check_int("warmup_steps", self.warmup_steps, low=0)
         s = _check_int("stable_steps", self.stable_steps, low=0)
         if w + s >= n:
@@ -647,7 +741,7 @@ class Rewarm(Schedule):
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0; set min_lr or pick another decay shape")
         if self.start_step is not None:
-            _check_int("start_step", self.start_step, low=1)
+            _check_int("start_step", self.start_step, low=1, high=MAX_TOTAL_STEPS)
 
     @property
     def start(self) -> int:
@@ -717,17 +811,22 @@ def inverse_sqrt(*, peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 
 def wsd(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
-        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear") -> WSD:
+        decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear",
+        warmup_shape: str = "linear", num_cycles: float = 0.5) -> WSD:
     """Warmup-stable-decay (MiniCPM): decay over the last ``decay_steps`` (or ``decay_fraction``, default 0.1).
 
     ``decay`` is one of ``linear``, ``cosine``, ``1-sqrt``, ``1-square``, ``exponential`` (needs
-    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``).
+    ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``). As transformers' ``get_wsd_schedule`` (same values
+    to the last bit, ``min_lr_ratio = min_lr / peak_lr``): the warmup rises from ``min_lr`` to the peak
+    with ``warmup_shape`` (``linear``, ``cosine``, ``1-sqrt``); ``num_cycles`` is the number of cosine
+    periods of a ``cosine`` decay (0.5: peak to ``min_lr``).
 
     >>> wsd(peak_lr=1.0, total_steps=100, decay_steps=20)(90)
     0.5
     """
     return WSD(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
-               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay)
+               decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay, warmup_shape=warmup_shape,
+               num_cycles=num_cycles)
 
 
 def power(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, a: float = 4.6, b: float = -0.51,
@@ -843,24 +942,60 @@ def make(family: str, **kwargs) -> Schedule:
 
 
 def schedule_from_dict(d: dict) -> Schedule:
-    """Inverse of ``Schedule.to_dict()``."""
+    """Inverse of ``Schedule.to_dict()`` (the SPEC.json format); any bad input raises ``ValueError``.
+
+    Refused with a message saying what to fix: a missing or unknown family, unknown or missing
+    arguments, booleans or non-integers as steps, horizons over ``MAX_TOTAL_STEPS``, ``rewarm``
+    without ``previous``, ``piecewise`` points that are not ``[step, lr]`` pairs, ``join`` lists
+    of the wrong type and nesting deeper than ``MAX_SPEC_DEPTH``.
+
+    >>> schedule_from_dict({"family": "constant", "peak_lr": 0.1, "total_steps": True})
+    Traceback (most recent call last):
+    ...
+    ValueError: total_steps must be an integer number of steps, got True
+    """
+    return _from_dict(d, 0)
+
+
+def _from_dict(d: Any, depth: int) -> Schedule:
+    if depth > MAX_SPEC_DEPTH:
+        raise ValueError(f"the schedule nests join/rewarm more than {MAX_SPEC_DEPTH} levels deep; flatten it "
+                         "(one join takes any number of schedules)")
     if not isinstance(d, dict) or "family" not in d:
         raise ValueError("a schedule dict needs a 'family' key, e.g. {'family': 'cosine', 'peak_lr': 1e-3, ...}")
     kwargs = {k: v for k, v in d.items() if k != "family"}
     family = d["family"]
-    if family not in FAMILIES:
-        raise ValueError(f"unknown schedule family {family!r} in dict; choose one of {', '.join(sorted(FAMILIES))}")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"unknown schedule family {str(family)[:40]!r} in dict; choose one of "
+                         f"{', '.join(sorted(FAMILIES))}")
     if family == "join":
-        kwargs["schedules"] = [schedule_from_dict(s) for s in kwargs.get("schedules", [])]
+        scheds, bounds = kwargs.pop("schedules", None), kwargs.pop("boundaries", [])
+        if kwargs:
+            raise ValueError(f"bad arguments for schedule family 'join': unknown {sorted(kwargs)}; it takes "
+                             "schedules and boundaries")
+        if not isinstance(scheds, list) or not isinstance(bounds, list):
+            raise ValueError("join needs 'schedules' (a list of schedule dicts) and 'boundaries' (a list of steps)")
+        return join([_from_dict(s, depth + 1) for s in scheds], bounds)
     if family == "rewarm":
-        kwargs["previous"] = schedule_from_dict(kwargs["previous"])
+        if "previous" not in kwargs:
+            raise ValueError("rewarm needs 'previous': the schedule dict of the run it continues")
+        kwargs["previous"] = _from_dict(kwargs["previous"], depth + 1)
     if family == "piecewise":
-        kwargs["points"] = [tuple(p) for p in kwargs.get("points", [])]
-    if family in ("join",):
-        return join(kwargs.get("schedules", []), kwargs.get("boundaries", []))
+        points = kwargs.get("points")
+        if not (isinstance(points, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points)):
+            raise ValueError("piecewise needs 'points': a list of [step, lr] pairs, e.g. [[0, 0.001], [100, 0.0]]")
+        kwargs["points"] = [tuple(p) for p in points]
+    for key in ("milestones", "factors", "grad_norms"):
+        if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
+            raise ValueError(f"{family} needs {key!r} as a list of numbers, got {type(kwargs[key]).__name__}")
+        if key in kwargs and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kwargs[key]):
+            raise ValueError(f"{family}: every entry of {key!r} must be a number")
     if family == "rewarm":
         prev = kwargs.pop("previous")
-        return rewarm(prev, **kwargs)
+        try:
+            return rewarm(prev, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"bad arguments for schedule family 'rewarm': {exc}") from None
     try:
         return FAMILIES[family](**kwargs)
     except TypeError as exc:
@@ -880,8 +1015,13 @@ def load_schedule(path: str | os.PathLike) -> Schedule:
     try:
         with open(path) as f:
             d = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); a SPEC.json is a schedule's to_dict()") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read; flatten the schedule (one join takes any "
+                         "number of schedules)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory; give the SPEC.json file") from None
     try:
         return schedule_from_dict(d)
     except ValueError as exc:
@@ -908,11 +1048,14 @@ def lr_array(sched_or_lrs: Schedule | Sequence[float] | np.ndarray, total_steps:
 
 # --------------------------------------------------------------------------- torch adapter
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """Sets each param group's LR to ``schedule(t) * group.get('lr_scale', 1.0)``.
+    """Sets each param group's LR to ``schedule(t) * ratio`` of the group.
 
-    Absolute values, whatever ``lr`` the optimizer was built with. The state is just the step
-    (plus the schedule as a dict, for checking), so it loads with ``torch.load(weights_only=True)``
-    and resumes exactly: restore the optimizer's state, then the scheduler's.
+    Absolute values, whatever ``lr`` the optimizer was built with. A group's ratio is its
+    ``lr_scale`` if any group has one (default 1.0), else its ``initial_lr`` (the LR it was built
+    with, the torch/HF convention) over the largest group's: groups built with different LRs keep
+    their ratio, and the largest follows the schedule exactly. The state is just the step (plus the
+    schedule as a dict, checked on load), so it loads with ``torch.load(weights_only=True)`` and
+    resumes exactly: restore the optimizer's state, then the scheduler's.
 
     Example:
         >>> import torch
@@ -923,23 +1066,44 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         1.0
     """
 
-    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1):
+    def __init__(self, optimizer, schedule: Schedule, last_epoch: int = -1, steps_per_update: int = 1):
         if not isinstance(schedule, Schedule):
             raise ValueError(f"schedule must be a workbench Schedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        # calls of step() per optimizer update (accelerate's prepared scheduler steps N times on N processes)
+        self.steps_per_update = _check_int("steps_per_update", steps_per_update, low=1)
         super().__init__(optimizer, last_epoch)
 
+    def ratios(self) -> list[float]:
+        """Each group's multiplier of the schedule (see the class docstring)."""
+        groups = self.optimizer.param_groups
+        if any("lr_scale" in g for g in groups):
+            return [float(g.get("lr_scale", 1.0)) for g in groups]
+        init = [float(g.get("initial_lr", g["lr"])) for g in groups]
+        top = max(init) if init else 0.0
+        return [v / top if top > 0 else 1.0 for v in init]
+
     def get_lr(self):
-        lr = self.schedule(max(0, int(self.last_epoch)))
-        return [lr * float(g.get("lr_scale", 1.0)) for g in self.optimizer.param_groups]
+        lr = self.schedule(max(0, int(self.last_epoch)) // self.steps_per_update)
+        return [lr * r for r in self.ratios()]
 
     _get_closed_form_lr = get_lr
 
     def state_dict(self):
         return {"last_epoch": int(self.last_epoch), "schedule": self.schedule.to_dict(),
-                "_step_count": int(getattr(self, "_step_count", 0))}
+                "_step_count": int(getattr(self, "_step_count", 0)), "steps_per_update": self.steps_per_update}
 
     def load_state_dict(self, state_dict):
+        saved = state_dict.get("schedule")
+        if saved is not None:
+            try:
+                same = schedule_from_dict(saved) == self.schedule
+            except (ValueError, TypeError):
+                same = False
+            if not same:
+                raise ValueError(f"this scheduler state was saved with another schedule ({saved!r}) than this "
+                                 f"scheduler's ({self.schedule.to_dict()!r}); build the scheduler with the saved "
+                                 "schedule (schedule_from_dict(state['schedule'])) to resume that run")
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         lrs = self.get_lr()

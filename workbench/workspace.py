@@ -47,7 +47,7 @@ from typing import Any
 from . import schedules as _schedules
 from .runlog import read_json, write_json_atomic
 
-__all__ = ["Workspace", "LogTail", "check_name", "default_law"]
+__all__ = ["Workspace", "LogTail", "check_name", "default_law", "SOURCES"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KINDS = ("schedules", "runs", "fits", "selections", "diffs")
@@ -65,22 +65,36 @@ _LAW_LOCK = threading.Lock()
 _LAWS: dict[str, Any] = {}
 
 
-def default_law(law: str = "multipower", cache: str | os.PathLike | None = None):
-    """The loss law fitted to the six bundled runs (:mod:`workbench.assets`), cached in memory and,
-    when ``cache`` (a JSON path) is given, on disk. Used to predict the loss of a designed schedule.
+SOURCES = {"124m": "law fitted to real 124M runs", "tiny": "law fitted to the bundled tiny-model runs"}
 
-    The bundled runs are 1000-step runs of the ``tiny`` model at a peak LR of 3e-3: predictions for
-    other horizons and LRs are extrapolations of that fit.
+
+def default_law(law: str = "multipower", cache: str | os.PathLike | None = None, source: str = "tiny"):
+    """A loss law to predict the loss of a designed schedule, cached in memory.
+
+    ``source="tiny"``: fitted to the six bundled runs of the tiny model (:mod:`workbench.assets`: 1000
+    steps at a peak LR of 3e-3), on first use, and cached on disk when ``cache`` (a JSON path) is
+    given. ``source="124m"``: the precomputed fit to real 124M-parameter runs (15k-50k steps at a
+    peak LR of 1e-3, :func:`workbench.assets.fitted_law`). Predictions outside a fit's LRs and
+    lengths are extrapolations: :meth:`~workbench.laws.FittedLaw.check_domain` says so.
     """
     from . import laws
 
+    if source not in SOURCES:
+        raise ValueError(f"unknown law source {source!r}; choose one of {', '.join(SOURCES)}")
+    key = law if source == "tiny" else f"{source}:{law}"
     with _LAW_LOCK:
-        if law in _LAWS:
-            return _LAWS[law]
+        if key in _LAWS:
+            return _LAWS[key]
         fitted = None
-        if cache is not None and os.path.exists(cache):
+        if source != "tiny":
+            from . import assets
+
+            fitted = assets.fitted_law(source, law=law)
+        if fitted is None and cache is not None and os.path.exists(cache):
             try:
                 fitted = laws.FittedLaw.load(cache)
+                if "domain" not in fitted.info:    # written before fits knew their domain
+                    fitted = None
             except (ValueError, OSError):
                 fitted = None    # a stale or broken cache is refitted and rewritten
         if fitted is None:
@@ -91,7 +105,7 @@ def default_law(law: str = "multipower", cache: str | os.PathLike | None = None)
             fitted = laws.fit(curves, law=law)
             if cache is not None:
                 fitted.save(cache)
-        _LAWS[law] = fitted
+        _LAWS[key] = fitted
         return fitted
 
 

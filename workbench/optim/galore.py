@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import ProjectedOptimizer, adam_direction, check_int, check_range, update_moments
+from ._base import ProjectedOptimizer, adam_direction, check_int, check_range, local, shard_info, update_moments
 
 __all__ = ["GaLore"]
 
@@ -58,31 +58,43 @@ class GaLore(ProjectedOptimizer):
 
     def _step_bucket(self, key, group, index, params, step):
         p0 = params[0]
-        m, n = p0.shape
+        m, n = p0.shape                              # the global shape (FSDP2: of the whole DTensor)
         r = min(group["rank"], m, n)
         tall = m >= n
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
+        sh = shard_info(p0)                          # FSDP2: this rank holds some rows of each weight
+        grads = [local(p.grad) for p in params]
+        lparams = [local(p) for p in params]
         refresh = (step - 1) % group["update_proj_gap"] == 0
         G = torch.stack(grads) if refresh or self._stacking(p0.device) else None
-        proj = self._stacked(key, params, "projector", (r, n) if tall else (m, r), p0.dtype, p0.device)
+        wide_shard = sh if not tall else None        # a wide weight's P (m x r) has one row per weight row
+        proj = self._stacked(key, params, "projector", (r, n) if tall else (grads[0].shape[0], r),
+                             p0.dtype, p0.device, shard=wide_shard)
         if refresh:
-            U, _, Vh = _svd(G)
-            proj.copy_(Vh[:, :r, :] if tall else U[:, :, :r])
+            full = G if sh is None else torch.stack([p.grad.full_tensor() for p in params])   # all-gather
+            U, _, Vh = _svd(full)
+            P = (Vh[:, :r, :] if tall else U[:, :, :r])
+            if sh is not None:                       # bit-identical on every rank: the first rank's SVD
+                P = sh.broadcast_(P.contiguous())
+                P = P if tall else sh.rows_of(P)
+            proj.copy_(P)
         R = self._project(grads, proj, tall, G)
-        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
-        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
+        if sh is not None and not tall:
+            sh.all_reduce_(R)                        # R = P^T G sums over every row: one all-reduce
+        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device, shard=sh if tall else None)
+        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device,
+                                   shard=sh if tall else None)
         update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
         N = adam_direction(exp_avg, exp_avg_sq, beta1, beta2, group["eps"], step)
         step_size = group["lr"] * group["scale"]
         if self._stacking(p0.device):
             update = torch.bmm(N, proj) if tall else torch.bmm(proj, N)
-            self._apply(params, update, step_size, 0.0)
+            self._apply(lparams, update, step_size, 0.0)
         else:                                   # p += -step_size * back(N), no full-size temporary
-            for p, Ni, Pi in zip(params, N.unbind(0), proj.unbind(0)):
+            for p, Ni, Pi in zip(lparams, N.unbind(0), proj.unbind(0)):
                 if tall:
                     p.addmm_(Ni, Pi, alpha=-step_size)
                 else:
                     p.addmm_(Pi, Ni, alpha=-step_size)
         if group["weight_decay"] != 0:
-            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+            torch._foreach_mul_(lparams, 1.0 - group["lr"] * group["weight_decay"])

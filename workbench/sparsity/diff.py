@@ -30,9 +30,8 @@ import base64
 import json
 import math
 import os
-import pickle
 import re
-import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.files import atomic_write_text
+from workbench.tensorfiles import load_weights_only, read_safetensors_header, read_sharded_index
 
 __all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "matrix_type", "snap_tolerance",
            "DEFAULT_MAX_RANK_NUMEL", "TOLERANCE_GRID", "GRID_TYPES", "CHUNK_ELEMENTS"]
@@ -123,12 +123,10 @@ class _DictReader(_Reader):
 
 
 def _st_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (without ``__metadata__``) and the byte offset where the data starts."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    """The safetensors header (checked; without ``__metadata__``) and the byte offset where the data starts."""
+    header, start = read_safetensors_header(path)
     header.pop("__metadata__", None)
-    return header, 8 + n
+    return header, start
 
 
 class _SafetensorsReader(_Reader):
@@ -207,28 +205,7 @@ class _SafetensorsReader(_Reader):
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        if isinstance(exc, RuntimeError) and "mmap" in str(exc):  # legacy (non-zip) torch.save format
-            return _torch_load_nommap(path)
-        raise ValueError(_refuse_msg(path, exc)) from None
-
-
-def _torch_load_nommap(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        raise ValueError(_refuse_msg(path, exc)) from None
-
-
-def _refuse_msg(path, exc) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"refusing to load {str(path)!r}: it holds objects that only full unpickling could build, and "
-            "unpickling runs arbitrary code from the file, so checkpoints are read only with "
-            "torch.load(weights_only=True) (tensors, dicts, numbers). Re-save it as a plain state dict "
-            "(torch.save(model.state_dict(), path)) or as safetensors, from a source you trust. "
-            f"(torch said: {first})")
+    return load_weights_only(path, mmap=True)    # refuses pickles that need code execution, one-line errors
 
 
 def _state_from_obj(obj, describe: str) -> dict:
@@ -256,8 +233,8 @@ def _open(src, role: str) -> _Reader:
     if path.is_dir():
         index = path / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return _SafetensorsReader({k: path / v for k, v in weight_map.items()}, describe)
+            weight_map = read_sharded_index(index)     # refuses shards outside the folder
+            return _SafetensorsReader({k: Path(v) for k, v in weight_map.items()}, describe)
         single = path / "model.safetensors"
         if single.is_file():
             return _st_single(single, describe)
@@ -343,6 +320,7 @@ class _Acc:
         self.cols = shape[1] if len(shape) == 2 else None
         self.changed = 0
         self.changed_rtol = 0
+        self.nan_changed = 0  # entries whose delta is NaN (a NaN in one checkpoint): changed at every tolerance
         self.zeros = 0
         self.abs_hist = np.zeros(n_edges + 1, dtype=np.int64)
         self.rel_hist = np.zeros(n_edges + 1, dtype=np.int64)
@@ -401,27 +379,53 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
     if idx is None:
         bv, tv = bf.to(compute), tf.to(compute)
     absd = (tv - bv).abs_()  # abs_ clears the sign bit of NaNs too
-    hist, nans = _hist(absd, edges)
-    if nans:  # NaN deltas count as unchanged, like |nan| > atol (max, norms and counts below skip them)
+    # a NaN delta is a changed entry (NaN != NaN) at every tolerance, unless both stored values are the same
+    # bits; its magnitude is left out of the max and the norms (set to 0 here, counted apart)
+    nan_changed = None
+    isnan = torch.isnan(absd)
+    if bool(isnan.any()):
+        if idx is None and bits is not None:
+            isnan &= torch.from_numpy(np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy()))
+        nan_changed = isnan
         absd.nan_to_num_(nan=0.0, posinf=math.inf)
-    acc.zeros += n - int(np.count_nonzero(absd.numpy()))  # numpy's counts are several times faster here
+    n_nan = int(nan_changed.sum()) if nan_changed is not None else 0
+    acc.nan_changed += n_nan
+    hist, _ = _hist(absd, edges)
+    acc.zeros += n - int(np.count_nonzero(absd.numpy())) - n_nan  # numpy's counts are several times faster
     absb = bv.abs()
     rel = (absd / absb).abs_()  # 0/0 -> NaN (unchanged), x/0 -> inf (changed at every rtol); abs_: NaN sign
     rhist, _ = _hist(rel, edges)
     if idx is not None:  # the entries equal in both sit below every edge
         hist[0] += n - len(idx)
         rhist[0] += n - len(idx)
+    if n_nan:  # NaN deltas: moved from "0" to "above every edge"
+        if nan_changed is not None:
+            rel[nan_changed] = 0.0
+        hist[0] -= n_nan
+        hist[-1] += n_nan
+        rhist[0] -= n_nan
+        rhist[-1] += n_nan
     acc.abs_hist += hist
     acc.rel_hist += rhist
-    ch = (absd > atol).numpy()
+    changed = absd > atol
+    if n_nan:
+        changed |= nan_changed
+    ch = changed.numpy()
     acc.changed += int(np.count_nonzero(ch))
     if rtol is not None:
-        acc.changed_rtol += int(np.count_nonzero((absd > rtol * absb).numpy()))
+        changed_rtol = absd > rtol * absb
+        if n_nan:
+            changed_rtol |= nan_changed
+        acc.changed_rtol += int(np.count_nonzero(changed_rtol.numpy()))
     if absd.numel():
         acc.max_abs = max(acc.max_abs, float(absd.max()))
         acc.delta_sq += float(torch.dot(absd, absd))
     full = bf if bf.dtype == compute else (bv if idx is None else bf.to(compute))
-    acc.base_sq += float(torch.dot(full, full))
+    base_sq = float(torch.dot(full, full))
+    if math.isnan(base_sq):  # NaNs in the base are left out of its norm
+        full = full.nan_to_num(nan=0.0)
+        base_sq = float(torch.dot(full, full))
+    acc.base_sq += base_sq
     if acc.cols is not None:
         if idx is None:  # chunks of 2-D tensors hold whole rows (see _tensor_stats)
             ch2 = ch.reshape(-1, acc.cols)
@@ -474,7 +478,7 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
         "atol": atol, "rtol": rtol, "changed_rtol": None, "sparsity_rtol": None,
         "delta_norm": delta_norm, "base_norm": base_norm,
         "rel_update": delta_norm / base_norm if base_norm > 0 else None,
-        "max_abs_delta": acc.max_abs,
+        "max_abs_delta": acc.max_abs, "nan_changed": acc.nan_changed,
         "row_sparsity": None, "col_sparsity": None,
         "rank": None, "rank_tol": None, "rank_max": None, "effective_rank": None,
     }
@@ -487,6 +491,8 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
         row["row_sparsity"] = int((acc.row_changed == 0).sum()) / shape[0]
         row["col_sparsity"] = int((acc.col_changed == 0).sum()) / shape[1]
         row["rank_max"] = min(shape)
+        if delta is not None and not bool(torch.isfinite(delta).all()):
+            delta = None     # NaN/inf entries: no rank (an SVD of them fails or means nothing)
         if delta is not None:
             s = torch.linalg.svdvals(delta)
             smax = float(s.max())
@@ -877,6 +883,12 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
         bar.close()
         rb.release()
         rt.release()
+    nan_rows = [r for r in rows if r["nan_changed"]]
+    if nan_rows:
+        warnings.warn(f"{sum(r['nan_changed'] for r in nan_rows):,} entries in {len(nan_rows)} tensors "
+                      f"(e.g. {nan_rows[0]['name']!r}) are NaN in one checkpoint but not the other; they count "
+                      "as changed at every tolerance and are left out of the norms and ranks - check the "
+                      "fine-tune for divergence", RuntimeWarning, stacklevel=2)
     return SparsityDiff(rows, float(atol), rtol, masks, skipped,
                         {"base": _describe(base), "tuned": _describe(tuned)}, stats)
 
