@@ -416,10 +416,12 @@ def test_dashboard_runs_belong_to_their_owner(browser, dashboard):
     assert stop.is_enabled()
     stop.click()
     summary = Path(run_dir) / "runs" / "alices-run" / "summary.json"
-    for _ in range(600):
+    for _ in range(1800):
         if summary.exists():
             break
         teacher.wait_for_timeout(100)
+    assert summary.exists(), (f"not stopped after 180 s; {len(log.read_text().splitlines())} steps logged; "
+                              f"teacher's status: {teacher.locator('b', has_text='alices-run').first.inner_text()}")
     assert json.loads(summary.read_text())["status"] == "stopped"
     assert len(log.read_text().splitlines()) < 2000
     for p in (alice, bob, teacher):
