@@ -568,3 +568,51 @@ def test_training_tab_says_why_there_is_no_forecast(tmp_path, law_cache):
     text = t._status_text({"state": "completed", "step": 200})
     assert "no forecast: fit needs 8 points after warmup (step 500); 0 so far" in text
     assert "forecast final loss" not in text
+
+
+def test_stop_all_checkpoints_running_runs_and_empties_the_queue(tmp_path):
+    from workbench import checkpoint
+
+    ws = Workspace(tmp_path, max_runs=1)
+    try:
+        ws.start_run("long", _fast_config(4000, checkpoint_interval=100_000), owner="a")
+        ws.start_run("waiting", _fast_config(8), owner="b")
+        _wait_step(ws, "long", 3)
+        assert ws.stop_all(wait=120) == ["long"]
+        st = ws.run_status("long")
+        assert st["state"] == "stopped" and 3 <= st["step"] < 3999
+        assert checkpoint.has_checkpoint(tmp_path / "runs" / "long")    # the work since the start is kept
+        assert ws.run_status("waiting")["state"] == "new" and ws.queue_position("waiting") is None
+    finally:
+        Workspace.max_runs = max(1, os.cpu_count() or 1)
+
+
+def test_server_resumes_interrupted_runs_and_stops_them_cleanly_on_sigterm(tmp_path):
+    import signal
+    import time
+
+    from browser import ARTIFACTS, dashboard_cmd, free_port, server
+
+    ws = Workspace(tmp_path)
+
+    def stop_at_12(rec):
+        if rec.get("step") == 12:
+            ws.stop_run("r", wait=None)
+
+    ws.start_run("r", _fast_config(100_000, checkpoint_interval=100_000), callbacks=[stop_at_12], owner="alice")
+    assert ws.wait("r", timeout=120)["state"] == "stopped"
+    (tmp_path / "runs" / "r" / "summary.json").unlink()       # what a kill of the server leaves
+    log = tmp_path / "runs" / "r" / "log.jsonl"
+    port = free_port()
+    with server(dashboard_cmd(port, tmp_path), f"http://127.0.0.1:{port}/login", ARTIFACTS / "dashboard-resume.log",
+                timeout=240, env={"OMP_NUM_THREADS": "1"}) as proc:
+        end = time.monotonic() + 180
+        while json.loads(log.read_text().splitlines()[-1])["step"] < 20 and time.monotonic() < end:
+            time.sleep(0.2)
+        assert json.loads(log.read_text().splitlines()[-1])["step"] >= 20      # resumed by the restart
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) is not None                    # SIGTERM alone ended it (no SIGINT/SIGKILL)
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["status"] == "stopped"                   # stopped with a checkpoint, not killed mid-step
+    assert "stopped runs r with a checkpoint" in (ARTIFACTS / "dashboard-resume.log").read_text()
+    assert Workspace(tmp_path).owner("r") == "alice"

@@ -649,10 +649,22 @@ def serve(port: int = 5006, run_dir: str | os.PathLike = "workbench-runs", addre
         print(f"teacher (admin) address: http://{host}:{port}/?token={admin_token}", flush=True)
     if not token:
         print("no token (--no-token): anyone who can reach this address can use the dashboard", flush=True)
-    return pn.serve({"/": lambda: app(ws, poll_ms, trusted=True)}, port=port, address=address, show=show,
-                    threaded=threaded, websocket_origin=allowed, title="workbench", auth_provider=auth,
-                    cookie_secret=secret.decode(), sign_sessions=True, secret_key=secret.decode(),
-                    generate_session_ids=True, **kwargs)
+    if not threaded:       # SIGTERM ends the server like Ctrl-C (panel's handler), so runs stop cleanly
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    server = pn.serve({"/": lambda: app(ws, poll_ms, trusted=True)}, port=port, address=address, show=show,
+                      threaded=threaded, websocket_origin=allowed, title="workbench", auth_provider=auth,
+                      cookie_secret=secret.decode(), sign_sessions=True, secret_key=secret.decode(),
+                      generate_session_ids=True, **kwargs)
+    if not threaded:       # the server stopped (Ctrl-C): stop the runs with a checkpoint, not mid-step
+        stopped = ws.stop_all()
+        if stopped:
+            print(f"stopped runs {', '.join(stopped)} with a checkpoint; the next `workbench serve` resumes them",
+                  flush=True)
+    return server
 
 
 def _public_host() -> str:

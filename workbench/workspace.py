@@ -399,6 +399,22 @@ class Workspace:
         if wait and entry.thread is not None:
             entry.thread.join(wait)
 
+    @staticmethod
+    def stop_all(wait: float | None = 120.0) -> list[str]:
+        """Stop every run of this process (each checkpoints after its current step) and empty the
+        queue (queued runs keep their folder and config; they never started). The server calls this
+        when it is stopped (Ctrl-C, SIGTERM), so a restart resumes them from where they stopped."""
+        with _RUN_LOCK:
+            _QUEUE.clear()
+            for key in [k for k, e in _RUNNING.items() if e.thread is None]:
+                del _RUNNING[key]
+            entries = [e for e in _RUNNING.values() if e.alive]
+            for e in entries:
+                e.stop_event.set()
+        for e in entries:
+            e.thread.join(wait)
+        return [os.path.basename(e.key) for e in entries]
+
     def interrupted_runs(self) -> list[str]:
         """Runs with a log but no summary and nothing training them: cut short by a crash or restart."""
         return [n for n in self.names("runs") if self.run_status(n)["state"] == "interrupted"]
