@@ -12,8 +12,8 @@ session carries (with unsigned sessions the request headers in a session token a
 to write).
 
 Example:
-    >>> auth = TokenAuth(token="abc", admin_token="teacher", secret=b"x" * 32)
-    >>> auth.role_for("abc"), auth.role_for("teacher"), auth.role_for("wrong")
+    >>> auth = TokenAuth(token="student-token", admin_token="teacher-token", secret=b"x" * 32)
+    >>> auth.role_for("student-token"), auth.role_for("teacher-token"), auth.role_for("wrong")
     ('student', 'admin', None)
 """
 from __future__ import annotations

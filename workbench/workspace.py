@@ -118,11 +118,11 @@ class LogTail:
     Example:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "log.jsonl")
-        >>> _ = open(p, "w").write('{"step": 0, "loss": 3.0}\n{"step": 1, "lo')
+        >>> _ = open(p, "w").write('{"step": 0, "loss": 3.0}\\n{"step": 1, "lo')
         >>> t = LogTail(p)
         >>> t.read(), t.last
         ([{'step': 0, 'loss': 3.0}], {'step': 0, 'loss': 3.0})
-        >>> _ = open(p, "a").write('ss": 2.5}\n')
+        >>> _ = open(p, "a").write('ss": 2.5}\\n')
         >>> t.read(), t.records
         ([{'step': 1, 'loss': 2.5}], 2)
     """
