@@ -616,3 +616,18 @@ def test_server_resumes_interrupted_runs_and_stops_them_cleanly_on_sigterm(tmp_p
     assert summary["status"] == "stopped"                   # stopped with a checkpoint, not killed mid-step
     assert "stopped runs r with a checkpoint" in (ARTIFACTS / "dashboard-resume.log").read_text()
     assert Workspace(tmp_path).owner("r") == "alice"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--allow-origin", "*"], "no wildcards"),
+    (["--token", "short"], "at least 8 characters"),
+    (["--token", "same-token-1", "--admin-token", "same-token-1"], "differ from --token"),
+    (["--max-runs", "0"], "--max-runs must be at least 1"),
+    (["--data-dir", "/nonexistent-folder-h18"], "is not a folder"),
+])
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, says):
+    from workbench.cli import main
+
+    assert main(["serve", "--run-dir", str(tmp_path), *args]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]

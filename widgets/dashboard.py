@@ -633,11 +633,11 @@ def serve(port: int = 5006, run_dir: str | os.PathLike = "workbench-runs", addre
         token = _secrets.token_hex(24)
     if admin_token is True:
         admin_token = _secrets.token_hex(24)
+    allowed = origins(address, port, allow_origin)        # bad arguments fail before any slow work
     ws = Workspace(run_dir, data_dirs=data_dirs, max_runs=max_runs)
-    ws.law("annealing")   # fit (or load) the default law once, before the first page asks
     secret = server_secret(ws.root)
     auth = TokenAuth(token or None, admin_token or None, secret=secret)
-    allowed = origins(address, port, allow_origin)
+    ws.law("annealing")   # fit (or load) the default law once, before the first page asks
     if resume_runs:
         _resume_interrupted(ws)
     pn.extension("plotly", inline=True)
