@@ -580,7 +580,7 @@ def test_stop_all_checkpoints_running_runs_and_empties_the_queue(tmp_path):
         _wait_step(ws, "long", 3)
         assert ws.stop_all(wait=120) == ["long"]
         st = ws.run_status("long")
-        assert st["state"] == "stopped" and 3 <= st["step"] < 3999
+        assert st["state"] == "interrupted" and 3 <= st["step"] < 3999 and ws.interrupted_runs() == ["long"]
         assert checkpoint.has_checkpoint(tmp_path / "runs" / "long")    # the work since the start is kept
         assert ws.run_status("waiting")["state"] == "new" and ws.queue_position("waiting") is None
     finally:
@@ -613,9 +613,10 @@ def test_server_resumes_interrupted_runs_and_stops_them_cleanly_on_sigterm(tmp_p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) is not None                    # SIGTERM alone ended it (no SIGINT/SIGKILL)
     summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
-    assert summary["status"] == "stopped"                   # stopped with a checkpoint, not killed mid-step
-    assert "stopped runs r with a checkpoint" in (ARTIFACTS / "dashboard-resume.log").read_text()
+    assert summary["status"] == "interrupted"               # stopped with a checkpoint, not killed mid-step
+    assert "interrupted runs r with a checkpoint" in (ARTIFACTS / "dashboard-resume.log").read_text()
     assert Workspace(tmp_path).owner("r") == "alice"
+    assert Workspace(tmp_path).interrupted_runs() == ["r"]  # so the next start resumes it again
 
 
 @pytest.mark.parametrize("args, says", [

@@ -662,8 +662,8 @@ def serve(port: int = 5006, run_dir: str | os.PathLike = "workbench-runs", addre
     if not threaded:       # the server stopped (Ctrl-C): stop the runs with a checkpoint, not mid-step
         stopped = ws.stop_all()
         if stopped:
-            print(f"stopped runs {', '.join(stopped)} with a checkpoint; the next `workbench serve` resumes them",
-                  flush=True)
+            print(f"interrupted runs {', '.join(stopped)} with a checkpoint; the next `workbench serve` resumes "
+                  f"them", flush=True)
     return server
 
 

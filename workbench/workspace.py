@@ -400,17 +400,21 @@ class Workspace:
             entry.thread.join(wait)
 
     @staticmethod
-    def stop_all(wait: float | None = 120.0) -> list[str]:
-        """Stop every run of this process (each checkpoints after its current step) and empty the
-        queue (queued runs keep their folder and config; they never started). The server calls this
-        when it is stopped (Ctrl-C, SIGTERM), so a restart resumes them from where they stopped."""
+    def stop_all(wait: float | None = 120.0, signame: str = "SIGINT") -> list[str]:
+        """Interrupt every run of this process (each finishes its step, checkpoints and writes its
+        summary with status ``"interrupted"``, as :mod:`workbench.interrupts` does for a signal) and
+        empty the queue (queued runs keep their folder and config; they never started). The server
+        calls this when it is stopped (Ctrl-C, SIGTERM); the next start resumes interrupted runs."""
+        from . import interrupts
+
         with _RUN_LOCK:
             _QUEUE.clear()
             for key in [k for k, e in _RUNNING.items() if e.thread is None]:
                 del _RUNNING[key]
             entries = [e for e in _RUNNING.values() if e.alive]
+            interrupts.request_stop(signame)
             for e in entries:
-                e.stop_event.set()
+                e.stop_event.set()         # a run still being built never registered: it does not start
         for e in entries:
             e.thread.join(wait)
         return [os.path.basename(e.key) for e in entries]
