@@ -4,6 +4,7 @@ process group) whatever happens. Screenshots go to ``test-artifacts/`` (``$WORKB
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from browser import (ARTIFACTS, CHANGE_AND_TIME, CHROMIUM_ARGS, IGNORED_CONSOLE, chromium_path,
-                     dashboard_cmd, free_port, server, why_no_browser)
+from browser import (ADMIN_TOKEN, ARTIFACTS, CHANGE_AND_TIME, CHROMIUM_ARGS, IGNORED_CONSOLE, TOKEN,
+                     chromium_path, dashboard_cmd, dashboard_url, free_port, server, why_no_browser)
 
 REASON = why_no_browser()
 if REASON and os.environ.get("WORKBENCH_REQUIRE_BROWSER") == "1":
@@ -51,9 +52,9 @@ def _console_errors(page) -> list[str]:
 def dashboard(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("workspace")
     port = free_port()
-    url = f"http://localhost:{port}/"
-    with server(dashboard_cmd(port, run_dir), url, ARTIFACTS / "dashboard-server.log", timeout=240):
-        yield url, run_dir
+    with server(dashboard_cmd(port, run_dir), f"http://localhost:{port}/login", ARTIFACTS / "dashboard-server.log",
+                timeout=240):
+        yield dashboard_url(port), run_dir
 
 
 def _open(browser, url: str, height: int = 900):
@@ -387,6 +388,167 @@ def test_dashboard_sparsity_pretrained_vs_a_run_and_drill_down_at_the_slider(bro
     page.screenshot(path=str(ARTIFACTS / "dashboard-sparsity-drill-down.png"), full_page=True)
     assert not errors, errors
     page.close()
+
+
+# ---------------------------------------------------------------------- the classroom server (issue 18)
+XSS = '<img src=x onerror="window.__xss = (window.__xss || 0) + 1">'
+
+# JS: open the dashboard's websocket from the current page; resolves "open" or "refused"
+OPEN_WS = """([url, token]) => new Promise((resolve) => {
+  const ws = new WebSocket(url, ["bokeh", token]);
+  const t = setTimeout(() => resolve("timeout"), 20000);
+  ws.onopen = () => { clearTimeout(t); ws.close(); resolve("open"); };
+  ws.onerror = () => { clearTimeout(t); resolve("refused"); };
+})"""
+
+
+def _session_token(page) -> str:
+    import re
+
+    m = re.search(r'"token":\s*"([^"]+)"', page.content())
+    assert m, "no bokeh session token in the page"
+    return m.group(1)
+
+
+def test_dashboard_token_and_origin_in_the_browser(browser, dashboard):
+    url, _ = dashboard
+    base = url.split("?")[0]
+    port = int(base.rstrip("/").rsplit(":", 1)[1])
+    # no token: the login page, no dashboard; a wrong token: the same
+    for address in (base, base + "?token=not-the-token"):
+        page = browser.new_page()
+        page.goto(address, wait_until="domcontentloaded")
+        assert "needs its token" in page.content()
+        assert page.locator(".js-plotly-plot").count() == 0
+        page.close()
+    # the token once, then the cookie: the dashboard
+    page, errors = _open(browser, url)
+    _plot(page)
+    page.goto(base, wait_until="networkidle")
+    _plot(page)
+    token = _session_token(page)
+    assert page.evaluate(OPEN_WS, [f"ws://localhost:{port}/ws", token]) == "open"
+    assert not errors, errors
+    # a page of another origin (a local web server on another port: Chromium's own local-network
+    # checks do not apply, so the dashboard's origin check is what answers) with the token: refused
+    with _other_origin() as evil:
+        page.goto(evil, wait_until="domcontentloaded")
+        assert page.evaluate(OPEN_WS, [f"ws://localhost:{port}/ws?token={TOKEN}", token]) == "refused"
+        assert page.evaluate(OPEN_WS, [f"ws://127.0.0.1:{port}/ws?token={TOKEN}", token]) == "refused"
+    page.close()
+
+
+@contextlib.contextmanager
+def _other_origin():
+    """A web page at http://127.0.0.1:OTHER_PORT/ (another origin than the dashboard's)."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>another site</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_dashboard_escapes_what_users_type(browser, dashboard):
+    url, _ = dashboard
+    page, errors = _open(browser, url, 1000)
+    _plot(page)
+    page.get_by_label("save as").fill(XSS)
+    page.get_by_label("save as").press("Enter")
+    page.get_by_role("button", name="Save schedule").click()
+    page.get_by_text("is not usable as a file name").first.wait_for(timeout=30_000)
+
+    page.locator(".bk-tab", has_text="Training").first.click()
+    page.get_by_label("run name").fill(XSS)
+    page.get_by_label("run name").press("Enter")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("is not usable as a file name").nth(1).wait_for(timeout=30_000)
+
+    page.locator(".bk-tab", has_text="Sparsity").first.click()
+    for label in ("... or base path", "save diff as"):
+        page.get_by_label(label).fill(XSS)
+        page.get_by_label(label).press("Enter")
+    page.get_by_role("button", name="Diff checkpoints").click()
+    page.get_by_text("is not an allowed checkpoint").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    # the typed markup is shown as text, and its script never ran
+    assert page.get_by_text('<img src=x onerror=', exact=False).count() >= 1
+    assert page.evaluate("() => window.__xss") is None
+    page.screenshot(path=str(ARTIFACTS / "dashboard-escaped.png"), full_page=True)
+    page.close()
+    assert not errors, errors
+
+
+def test_dashboard_runs_belong_to_their_owner(browser, dashboard):
+    url, run_dir = dashboard
+    base = url.split("?")[0]
+    alice, _ = _open(browser, url)
+    alice.locator(".bk-tab", has_text="Training").first.click()
+    alice.get_by_label("run name").fill("alices-run")
+    alice.get_by_label("run name").press("Enter")
+    for label, value in (("steps", "2000"), ("batch size", "2"), ("sequence length", "16"),
+                         ("evaluate every", "500")):
+        box = alice.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+    alice.get_by_label("schedule", exact=True).select_option("cosine (default)")
+    alice.get_by_role("button", name="Start training").click()
+    log = Path(run_dir) / "runs" / "alices-run" / "log.jsonl"
+    for _ in range(1200):
+        if log.exists():
+            break
+        alice.wait_for_timeout(100)
+    assert log.exists() and alice.get_by_role("button", name="Stop").is_enabled()
+
+    # another browser (its own cookies: another user) sees the run read-only
+    bob, _ = _open(browser, url)
+    bob.locator(".bk-tab", has_text="Training").first.click()
+    bob.get_by_label("show run").select_option("alices-run")
+    bob.locator("b", has_text="alices-run").first.wait_for(timeout=30_000)     # the status of alices-run
+    bob.get_by_text("read-only").first.wait_for(timeout=30_000)
+    assert bob.get_by_role("button", name="Stop").is_disabled()
+    assert bob.get_by_role("button", name="Resume").is_disabled()
+    assert not (Path(run_dir) / "runs" / "alices-run" / "summary.json").exists()
+
+    # the teacher (admin token) may stop it
+    teacher, _ = _open(browser, base + f"?token={ADMIN_TOKEN}")
+    _plot(teacher)
+    assert teacher.get_by_text("teacher").count() >= 1 and bob.get_by_text("teacher").count() == 0
+    teacher.locator(".bk-tab", has_text="Training").first.click()
+    teacher.get_by_label("show run").select_option("alices-run")
+    teacher.locator("b", has_text="alices-run").first.wait_for(timeout=30_000)
+    stop = teacher.get_by_role("button", name="Stop")
+    stop.wait_for(timeout=30_000)
+    assert stop.is_enabled()
+    stop.click()
+    summary = Path(run_dir) / "runs" / "alices-run" / "summary.json"
+    for _ in range(1800):
+        if summary.exists():
+            break
+        teacher.wait_for_timeout(100)
+    assert summary.exists(), (f"not stopped after 180 s; {len(log.read_text().splitlines())} steps logged; "
+                              f"teacher's status: {teacher.locator('b', has_text='alices-run').first.inner_text()}")
+    assert json.loads(summary.read_text())["status"] == "stopped"
+    assert len(log.read_text().splitlines()) < 2000
+    for p in (alice, bob, teacher):
+        p.close()
 
 
 def test_dashboard_schedule_tab_greys_a_prediction_outside_the_fit_and_says_why(browser, dashboard):

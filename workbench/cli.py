@@ -718,15 +718,32 @@ def _select(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the classroom dashboard: schedule, training, data selection, sparsity",
-                       description="Serve the dashboard (a panel app) on localhost. Students open the printed "
-                                   "address; everything they save goes under --run-dir.")
+                       description="Serve the dashboard (a panel app). It prints the address to open, with "
+                                   "its token (like JupyterLab); everything students save goes under "
+                                   "--run-dir. Websocket origins are always checked.")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--run-dir", default="workbench-runs",
                    help="workspace directory for schedules, runs, fits, selections and diffs")
     p.add_argument("--address", default="localhost",
                    help="interface to listen on (default localhost; 0.0.0.0 to let a classroom network in)")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--token", default=None, help="the token students need (default: a random one, printed)")
+    tok.add_argument("--no-token", action="store_true",
+                     help="no token: anyone who reaches the address may use it (a trusted lab only)")
+    adm = p.add_mutually_exclusive_group()
+    adm.add_argument("--admin", action="store_true",
+                     help="also print a teacher address (random admin token) whose holder may stop any run")
+    adm.add_argument("--admin-token", default=None, help="the teacher's admin token (implies --admin)")
     p.add_argument("--allow-origin", action="append", default=None, metavar="HOST:PORT",
-                   help="extra websocket origin to accept (repeatable), e.g. my-laptop.local:5006")
+                   help="extra websocket origin to accept (repeatable, exact host; no wildcards), "
+                        "e.g. my-laptop.local:5006")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="training runs at once; more wait in a queue (default: the number of cores)")
+    p.add_argument("--data-dir", action="append", default=None, metavar="DIR",
+                   help="a folder whose checkpoints the Sparsity tab may read (repeatable); besides it "
+                        "only the workspace's runs and the bundled model are readable")
+    p.add_argument("--no-resume", action="store_true",
+                   help="do not continue runs a crash or restart interrupted (default: resume them)")
     p.set_defaults(func=_serve)
 
 
@@ -735,14 +752,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    kwargs = {}
-    if args.allow_origin:
-        kwargs["websocket_origin"] = [f"localhost:{args.port}", f"127.0.0.1:{args.port}", *args.allow_origin]
-    elif args.address not in ("localhost", "127.0.0.1"):
-        kwargs["websocket_origin"] = "*"
-    print(f"workbench dashboard: http://{args.address}:{args.port}/  (workspace {args.run_dir}); Ctrl-C stops it",
-          flush=True)
-    serve(port=args.port, run_dir=args.run_dir, address=args.address, **kwargs)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ValueError(f"--max-runs must be at least 1, got {args.max_runs}")
+    token = None if args.no_token else (args.token if args.token is not None else True)
+    admin = args.admin_token if args.admin_token is not None else (True if args.admin else None)
+    serve(port=args.port, run_dir=args.run_dir, address=args.address, token=token, admin_token=admin,
+          allow_origin=args.allow_origin or (), max_runs=args.max_runs, data_dirs=args.data_dir or (),
+          resume_runs=not args.no_resume)
     return 0
 
 
