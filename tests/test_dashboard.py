@@ -281,7 +281,8 @@ def test_sparsity_tab_can_skip_tensors_that_do_not_line_up(tmp_path):
     save_file({"model.layers.0.mlp.up_proj.weight": tuned}, str(tmp_path / "t.safetensors"))
     tab = SparsityTab(Workspace(tmp_path / "ws"))
     assert tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x") is None
-    assert "only in base (1): ['extra.weight']" in tab.status.object and "only tensors in both" in tab.status.object
+    status = html.unescape(tab.status.object)                # user strings are escaped on the page
+    assert "only in base (1): ['extra.weight']" in status and "only tensors in both" in status
     tab.intersect.value = True
     d = tab.compute(str(tmp_path / "b.safetensors"), str(tmp_path / "t.safetensors"), name="x")
     assert d.overall == {"sparsity": 11 / 12, "numel": 12, "changed": 1} and d.skipped == ["extra.weight"]
