@@ -16,6 +16,14 @@ chunks, so its RSS stays near the overhead. Torch runs ``--threads`` threads (de
     python benchmarks/sparsity.py                  # ~1 GB per checkpoint
     python benchmarks/sparsity.py --size-mb 100    # quicker
     python benchmarks/sparsity.py --dtype bfloat16
+
+``--prune`` instead measures pruning quality on the bundled pretrained model (``workbench/assets/pretrained``,
+4-layer Llama, 3000 steps on stdlib): validation loss (mean token cross-entropy on stdlib ``val`` blocks) and
+perplexity after Wanda with sequential calibration (the reference code's order, the default) vs one-shot
+calibration, at several sparsities, and after FLAP at several ratios with its three structures (``al-am``
+the official default, ``head``, ``channel``). Same calibration blocks (stdlib train) for every method.
+
+    python benchmarks/sparsity.py --prune                        # ~1 min on one CPU thread
 """
 import argparse
 import json
@@ -116,9 +124,87 @@ def run_child(mode, args):
     print(json.dumps(res))
 
 
+def prune_quality(sparsities=(0.3, 0.5, 0.7), ratios=(0.2, 0.4), n_calib=32, n_val=64, block=128, draws=3):
+    """Print the Wanda (sequential vs one-shot) and FLAP (per structure) validation-loss tables: means over
+    ``draws`` disjoint calibration sets (and, for Wanda, the spread of the paired difference)."""
+    import math
+    import statistics
+
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+    from _machine import describe
+    from workbench.data import load_blocks
+    from workbench.models import build_model
+    from workbench.sparsity import FLAP_STRUCTURES, flap_prune, wanda_prune
+
+    torch.set_num_threads(THREADS)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "workbench", "assets", "pretrained")
+    train = load_blocks("stdlib", split="train", block_size=block)[:, :-1]
+    val = load_blocks("stdlib", split="val", block_size=block)[:n_val]
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    sets = []
+    for d in range(draws):                      # disjoint random calibration sets, batches of 8 blocks
+        calib = train[perm[d * n_calib:(d + 1) * n_calib]]
+        sets.append([calib[i:i + 8] for i in range(0, len(calib), 8)])
+
+    @torch.no_grad()
+    def val_loss(model):
+        model.eval()
+        tot = 0.0
+        for i in range(0, len(val), 16):
+            b = val[i:i + 16]
+            logits = model(b[:, :-1]).logits
+            tot += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                           b[:, 1:].reshape(-1), reduction="sum"))
+        return tot / val[:, 1:].numel()
+
+    print(describe())
+    print(f"model {path}; calibration {draws} disjoint random sets of {n_calib} x {block} stdlib train tokens; "
+          f"validation {n_val} x {block} stdlib val tokens; {THREADS} thread(s); loss = mean over the sets")
+    dense = val_loss(build_model(path))
+    print(f"dense: val loss {dense:.4f} (ppl {math.exp(dense):.2f})")
+    print("Wanda (per output row)   sequential loss (ppl)   one-shot loss (ppl)   one-shot - sequential "
+          "(mean +- sd over sets)")
+    for sp in sparsities:
+        res = {True: [], False: []}
+        for batches in sets:
+            for seq in (True, False):
+                model = build_model(path)
+                wanda_prune(model, batches, sp, sequential=seq)
+                res[seq].append(val_loss(model))
+        a, b = statistics.mean(res[True]), statistics.mean(res[False])
+        diff = [o - q for o, q in zip(res[False], res[True])]
+        sd = statistics.stdev(diff) if len(diff) > 1 else float("nan")
+        print(f"  sparsity {sp:.1f}             {a:.4f} ({math.exp(a):7.2f})     "
+              f"{b:.4f} ({math.exp(b):7.2f})   {statistics.mean(diff):+.4f} +- {sd:.4f}")
+    print("FLAP (bias compensation)  " + "   ".join(f"{s:>15}" for s in FLAP_STRUCTURES))
+    for r in ratios:
+        cells = []
+        for st in FLAP_STRUCTURES:
+            losses = []
+            for batches in sets:
+                model = build_model(path)
+                flap_prune(model, batches, r, structure=st)
+                losses.append(val_loss(model))
+            loss = statistics.mean(losses)
+            cells.append(f"{loss:.4f} ({math.exp(loss):6.2f})")
+        print(f"  ratio {r:.1f}                " + "   ".join(f"{c:>15}" for c in cells))
+    print("(al-am: ratio = fraction of attention+MLP parameters; head/channel: fraction of input channels of "
+          "o_proj + down_proj)")
+
+
 def main():
+    global THREADS
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return run_child(sys.argv[2], sys.argv[3:])
+    if "--prune" in sys.argv:
+        THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        return prune_quality()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=1000, help="size of each checkpoint (default 1000)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -129,7 +215,6 @@ def main():
     ap.add_argument("--dir", default=None, help="where to write the pair (default: a temporary directory)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the children (default 1)")
     args = ap.parse_args()
-    global THREADS
     THREADS = args.threads
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> No
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status < 500:
                     return
+        except urllib.error.HTTPError as e:       # an answer (e.g. 403 without a token): the server is up
+            if e.code < 500:
+                return
+            time.sleep(0.5)
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s:\n" + log.read_text(errors="replace")[-3000:])
@@ -95,8 +100,14 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def dashboard_cmd(port: int, run_dir: str | os.PathLike) -> list[str]:
-    return [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port), "--run-dir", str(run_dir)]
+def dashboard_cmd(port: int, run_dir: str | os.PathLike, *extra: str) -> list[str]:
+    """``workbench serve`` with the test tokens (open ``dashboard_url(port)``)."""
+    return [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port), "--run-dir", str(run_dir),
+            "--token", TOKEN, "--admin-token", ADMIN_TOKEN, *extra]
+
+
+def dashboard_url(port: int, token: str | None = None, host: str = "localhost") -> str:
+    return f"http://{host}:{port}/?token={token or TOKEN}"
 
 
 # JS: change an <input>'s value, then resolve with the ms until the plot's data differs and has been
@@ -115,3 +126,69 @@ CHANGE_AND_TIME = """([inp, plot, val]) => new Promise((resolve) => {
   };
   requestAnimationFrame(check);
 })"""
+
+
+# ------------------------------------------------------------------ the dashboard without a browser
+TOKEN = "workbench-test-token"          # the student token the tests serve with
+ADMIN_TOKEN = "workbench-test-admin"    # the teacher's (admin) token
+
+
+def get_page(url: str, cookie: str | None = None) -> tuple[int, str, str]:
+    """(status, body, Set-Cookie header joined as a Cookie header) of a GET without following redirects."""
+    import urllib.error
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    req = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(req, timeout=120) as r:
+            status, body, headers = r.status, r.read().decode("utf-8", "replace"), r.headers
+    except urllib.error.HTTPError as e:
+        status, body, headers = e.code, e.read().decode("utf-8", "replace"), e.headers
+    jar = "; ".join(c.split(";", 1)[0] for c in headers.get_all("Set-Cookie") or [])
+    return status, body, jar
+
+
+def session_token(body: str) -> str:
+    """The signed bokeh session token embedded in a dashboard page."""
+    import re
+
+    m = re.search(r'"token":\s*"([^"]+)"', body)
+    if not m:
+        raise ValueError("no session token in the page (not a dashboard page?)")
+    return m.group(1)
+
+
+def ws_handshake(port: int, origin: str, token: str | None, cookie: str | None = None, query: str = "",
+                 host: str = "127.0.0.1") -> str:
+    """A raw websocket handshake on the bokeh endpoint: ``"accepted MSGTYPE"`` with the first message's
+    type (the server's ACK), or ``"refused CODE"``."""
+    import asyncio
+    import json as _json
+
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import WebSocketClosedError, websocket_connect
+
+    async def go():
+        headers = {"Origin": origin}
+        if cookie:
+            headers["Cookie"] = cookie
+        req = HTTPRequest(f"ws://{host}:{port}/ws{query}", headers=headers, request_timeout=60)
+        try:
+            conn = await websocket_connect(req, subprotocols=["bokeh", token] if token else None)
+        except HTTPClientError as e:
+            return f"refused {e.code}"
+        except (WebSocketClosedError, ConnectionError, OSError) as e:
+            return f"refused {type(e).__name__}"
+        try:
+            msg = await asyncio.wait_for(conn.read_message(), 60)
+        finally:
+            conn.close()
+        if msg is None:
+            return "refused closed"
+        return f"accepted {_json.loads(msg).get('msgtype')}"
+
+    return asyncio.run(go())

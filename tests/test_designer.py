@@ -1,6 +1,7 @@
 """ScheduleDesigner: drive the controls as a user would and check what the figure shows."""
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_slider_changes_redraw_the_right_schedule():
 
 def test_min_lr_left_end_means_zero_and_bad_values_show_a_message():
     d = ScheduleDesigner([schedules.cosine(peak_lr=1e-3, total_steps=1000, min_lr=0.0)])
-    assert d.controls["min_lr"].value == pytest.approx(1e-8)
+    assert d.controls["min_lr"].value == 0.0 and d.controls["min_lr"].label == "0"   # the left end is 0
     d.controls["warmup_steps"].value = 10
     assert d.schedules[0].min_lr == 0.0
     d.controls["total_steps"].value = 5        # warmup 10 > total: keep the old schedule, say why
@@ -92,3 +93,70 @@ def test_predictor_draws_loss_curves():
     assert len(_traces(d, 0)[3].y) == 0
     with pytest.raises(ValueError, match="one predicted loss per step"):
         plots.schedule_curves(s, predictor=lambda s: [1.0, 2.0])
+
+
+def test_lr_sliders_show_the_value_the_schedule_holds():
+    d = ScheduleDesigner([schedules.cosine(peak_lr=3e-4, total_steps=10_000, warmup_steps=500, min_lr=3e-5)])
+    peak, low = d.controls["peak_lr"], d.controls["min_lr"]
+    assert (peak.value, peak.label) == (3e-4, "3e-04")        # not the log grid's 3.02e-04
+    assert (low.value, low.label) == (3e-5, "3e-05")
+    d.controls["warmup_steps"].value = 400                     # an unrelated edit keeps the exact LRs
+    assert d.schedules[0].peak_lr == 3e-4 and d.schedules[0].min_lr == 3e-5
+    odd = ScheduleDesigner([schedules.constant(peak_lr=3.3e-4, total_steps=1000)])
+    assert odd.controls["peak_lr"].label == "3.3e-04" and odd.schedules[0].peak_lr == 3.3e-4
+    peak.value = 2.5e-3
+    assert d.schedules[0].peak_lr == 2.5e-3 and peak.label == "2.5e-03"
+
+
+def test_empty_loss_panel_says_how_to_attach_a_law():
+    d = ScheduleDesigner([schedules.cosine(peak_lr=1e-3, total_steps=2000, warmup_steps=100)])
+    notes = [a for a in d.figure.layout.annotations if a.name == "no-law"]
+    assert len(notes) == 1 and "attach_law('124m')" in notes[0].text
+    assert (notes[0].xref, notes[0].yref) == ("x4 domain", "y4 domain")          # inside the loss panel
+    assert d.figure.layout.yaxis4.visible is False and d.figure.layout.xaxis4.visible is False
+    d.attach_law("124m")
+    assert not [a for a in d.figure.layout.annotations if a.name == "no-law"]
+    assert d.figure.layout.yaxis4.visible is True
+    loss = _traces(d, 0)[3]
+    np.testing.assert_allclose(loss.y, d.law.predict(d.schedules[0], np.asarray(loss.x)), rtol=1e-12)
+    d.attach_law(None)
+    assert [a for a in d.figure.layout.annotations if a.name == "no-law"] and len(_traces(d, 0)[3].y) == 0
+    with pytest.raises(ValueError, match="attach a FittedLaw"):
+        d.attach_law("gpt-5")
+
+
+@pytest.fixture(scope="module")
+def tiny_law():
+    from workbench import assets
+    from workbench.curves import read_curve
+
+    return laws.fit([read_curve(assets.run_dir(n)) for n in assets.RUNS], law="annealing")
+
+
+def test_prediction_outside_the_domain_is_greyed_and_explained(tiny_law):
+    # the issue's case: WSD at peak 8e-3 over 10k steps with the law fitted to the tiny runs (3e-3, 1000 steps)
+    far = schedules.wsd(peak_lr=8e-3, total_steps=10_000, warmup_steps=500, decay_fraction=0.2, min_lr=3e-5)
+    home = schedules.wsd(peak_lr=3e-3, total_steps=1000, warmup_steps=50, decay_fraction=0.2, min_lr=3e-4)
+    d = ScheduleDesigner([home, far], law=tiny_law)
+    ok, bad = d.forecasts
+    assert ok.ok and not bad.ok
+    raw = tiny_law.predict(far, bad.steps)
+    assert raw.min() < 0                                            # what the law alone would draw
+    y = np.asarray(_traces(d, 1)[3].y, dtype=float)
+    shown = np.isfinite(y)
+    assert np.all(y[shown] > 0) and np.all(y[shown] >= tiny_law.floor)
+    assert not shown[-1]                                           # the final loss is not drawn
+    line = _traces(d, 1)[3].line
+    assert (line.color, line.dash) == ("#9aa5b1", "dot")           # greyed out
+    assert _traces(d, 0)[3].line.dash == "solid" and _traces(d, 0)[3].line.color != "#9aa5b1"
+    msg = d.law_message.value
+    assert "2: wsd: no trustworthy prediction" in msg and "peak LR 0.008 is outside" in msg
+    assert "10.0x the longest fitted curve" in msg and "2: wsd: predicted final loss" not in msg
+    assert "predicted final loss" in msg.split("<br>")[0]         # the in-domain one is stated
+    for w in tiny_law.warnings:                                     # the fit's own warnings are on screen
+        assert html.escape(w) in msg
+    d.select(1)                                                     # editing back into the domain ...
+    d.controls["peak_lr"].value = 3e-3
+    d.controls["total_steps"].value = 1000
+    d.controls["warmup_steps"].value = 50
+    assert d.forecasts[1].ok and _traces(d, 1)[3].line.dash == "solid"   # ... un-greys it

@@ -1,6 +1,8 @@
 """CurveFitter: drive the controls as a user would and check what the figure and tables show."""
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pytest
 
@@ -29,11 +31,17 @@ def _check_figure(f):
         np.testing.assert_array_equal(obs.y, c.losses[keep])
         x = np.asarray(law.x)
         assert x[0] >= c.warmup and x[-1] == c.total_steps - 1          # extrapolated over the whole schedule
-        np.testing.assert_allclose(law.y, f.fitted.predict(c, x), rtol=1e-12)
+        pred = f.fitted.predict(c, x)
         mean, lo, hi = f.fitted.predict_band(c, x, level=f.level)
-        np.testing.assert_allclose(low.y, lo, rtol=1e-12)
-        np.testing.assert_allclose(high.y, hi, rtol=1e-12)
-        assert high.fill == "tonexty" and np.all(np.asarray(low.y) <= np.asarray(high.y))
+        # drawn where it may be shown: hidden exactly where the loss is below the floor (or 0) or the
+        # band is wider than the loss itself
+        shown = np.isfinite(np.asarray(law.y, dtype=float))
+        impossible = (pred <= 0) | (pred < f.fitted.floor) | ((hi - lo) > np.abs(pred))
+        np.testing.assert_array_equal(~shown, impossible)
+        np.testing.assert_allclose(np.asarray(law.y, dtype=float)[shown], pred[shown], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(low.y, dtype=float)[shown], lo[shown], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(high.y, dtype=float)[shown], hi[shown], rtol=1e-12)
+        assert high.fill == "tonexty" and np.all(np.asarray(low.y)[shown] <= np.asarray(high.y)[shown])
 
 
 def _check_metrics(f):
@@ -127,3 +135,59 @@ def test_live_follows_a_livefit():
     assert d.schedules == [s]
     with pytest.raises(ValueError, match="attach"):
         CurveFitter([LossCurve.from_schedule(s, [100, 200], [3.0, 2.9])], autofit=False).update({})
+
+
+def test_legend_names_every_trace_and_redraws_send_no_unnamed_trace(runs, monkeypatch):
+    """The browser builds the plot from the widget's initial state plus restyle messages: every trace
+    must be named there, and no batched restyle may carry a name for only some traces (the legend
+    then read "trace 0", "trace 1", ...)."""
+    import plotly.basewidget as bw
+    from plotly.basedatatypes import Undefined
+
+    sent = []
+    orig = bw.BaseFigureWidget._send_update_msg
+
+    def spy(self, restyle_data, relayout_data, trace_indexes=None, source_view_id=None):
+        sent.append((dict(restyle_data), list(trace_indexes or [])))
+        return orig(self, restyle_data, relayout_data, trace_indexes, source_view_id)
+
+    monkeypatch.setattr(bw.BaseFigureWidget, "_send_update_msg", spy)
+    f = CurveFitter(list(runs.values()), fit_on=["constant", "cosine"], autofit=False)
+    initial = f.figure._widget_data                                   # what the browser starts from
+    assert len(initial) == 3 * TRACES_PER_CURVE and all(t.get("name") for t in initial)
+    legend = [t["name"] for t in initial if t.get("showlegend") is not False]
+    assert legend == [f"{n} {what}" for n, role in (("constant", "fit"), ("cosine", "fit"), ("wsd20", "held out"))
+                      for what in ("(observed)", "90% band", f"(law, {role})")]
+    f.fit_button.click()
+    f.checkboxes["wsd20"].value = True
+    f.fit_button.click()
+    assert [t.name for t in f.figure.data[3::4]] == ["constant (law, fit)", "cosine (law, fit)", "wsd20 (law, fit)"]
+    assert sent                                                      # redraws went out as restyles ...
+    for restyle, _idx in sent:                                       # ... none with a partial name list
+        for key, vals in restyle.items():
+            if key in ("name", "showlegend", "legendgroup"):
+                assert not any(v is Undefined for v in (vals if isinstance(vals, list) else [vals])), restyle
+
+
+def test_fitter_shows_the_fits_warnings(runs):
+    f = CurveFitter([runs["constant"], runs["cosine"]], law="annealing", fit_on=["constant"])
+    assert f.fitted.warnings                                          # one constant run: no decay to see
+    assert any("add a run with a decay" in w for w in f.fitted.warnings)
+    for w in f.fitted.warnings:
+        assert html.escape(w) in f.warnings_html.value
+    f.checkboxes["cosine"].value = True
+    f.fit_button.click()
+    assert all(html.escape(w) in f.warnings_html.value for w in f.fitted.warnings)
+    assert not any("add a run with a decay" in w for w in f.fitted.warnings)
+
+
+def test_live_view_says_why_there_is_no_forecast_yet():
+    s = schedules.cosine(peak_lr=1e-3, total_steps=2000, warmup_steps=100)
+    live = LiveFit(s, law="annealing", min_points=5, min_interval_s=0)
+    f = CurveFitter.live(live, min_interval=0)
+    for t in range(0, 60, 10):                                   # all inside the warmup
+        f({"step": t, "lr": s(t), "loss": 5.0, "val_loss": 5.0})
+    f.refresh(force=True)
+    assert f.fitted is None
+    assert "no forecast yet: fit needs 5 points after warmup (step 100); 0 so far" in f.message.value
+    assert all(len(t.x) == 0 for t in f.figure.data[1:])          # no band, no law curve

@@ -70,7 +70,10 @@ def test_compare_writes_table_and_history(tmp_path, capsys):
     events = [json.loads(line) for line in hist.read_text().splitlines()]
     assert len(events) == 12 and {e["optimizer"] for e in events} == set(rows)
     assert [e["step"] for e in events if e["optimizer"] == "adamw:lr=3e-3"] == list(range(6))
-    assert "final_val_loss" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "final_val_loss" in out
+    # one progress bar per optimizer, each labelled with it (not identical "train:" bars)
+    assert all(f"{label}: 100%" in err for label in rows) and "train:" not in err
 
 
 def test_compare_names_a_bad_optimizer(capsys):

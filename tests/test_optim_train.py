@@ -97,11 +97,17 @@ def test_compare_optimizers_table():
         assert col in table.columns, col
     assert table.loc["APOLLO-Mini", "optimizer"] == "ApolloMini" and table.loc["APOLLO-Mini", "lr"] == 1e-2
     assert table.loc["APOLLO-Mini", "state_bytes"] < 0.5 * table.loc["AdamW", "state_bytes"]
-    assert (table["final_val_loss"] < 5.6).all() and (table["step_to_target"] == 1).all()
+    assert (table["step_to_target"] == 1).all()
     assert [e["step"] for e in table.attrs["history"]["AdamW"]] == [0, 1, 2, 3]
     # both runs saw the same batches from the same initial model: the first losses agree
     first = [table.attrs["history"][k][0]["loss"] for k in table.index]
     assert first[0] == pytest.approx(first[1], rel=1e-6)
+    # the first loss is measured before any update; it is near ln 256 = 5.55 (a fresh byte model), and four
+    # steps take the validation loss at least 0.5 below it, falling between the two evaluations
+    assert abs(first[0] - 5.55) < 0.4
+    for k in table.index:
+        vals = [e["val_loss"] for e in table.attrs["history"][k] if e.get("val_loss") is not None]
+        assert table.loc[k, "final_val_loss"] == vals[-1] < vals[0] and vals[-1] < first[0] - 0.5, (k, vals)
     with pytest.raises(ValueError, match="needs a closure"):
         compare_optimizers({"MeZO": "zero-order"}, steps=1, batch_size=2, seq_len=16, max_tokens=5_000)
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from workbench.models import build_model
 from workbench.sparsity import (MiguHook, flap_prune, flap_scores, input_stats, perp_parameters,
-                                restore_masks)
+                                restore_masks, wanda_prune)
 from workbench.sparsity.prune import FLAP_TARGETS
 
 
@@ -54,7 +54,7 @@ def test_flap_scores_match_brute_force(preset):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "gpt2-1m"])
-def test_flap_global_threshold_and_compensation(preset):
+def test_flap_channel_variant_global_threshold_and_compensation(preset):
     model = build_model(preset).eval()
     batches = _batches()
     xs = _capture(model, batches)
@@ -62,7 +62,7 @@ def test_flap_global_threshold_and_compensation(preset):
                 None if model.get_submodule(n).bias is None else model.get_submodule(n).bias.detach().clone())
             for n in xs}
     ratio = 0.3
-    masks = flap_prune(model, batches, ratio)
+    masks = flap_prune(model, batches, ratio, structure="channel")
     total = sum(m.numel() for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == int(ratio * total)
     # brute-force global threshold over per-module standardised scores
@@ -207,3 +207,54 @@ def test_retraining_with_the_trainer():
     tr.run()
     for n, p in tr.raw_model.named_parameters():
         assert torch.equal(p.detach(), before[n]) != (n in info["names"]), n
+
+
+# ------------------------------------------------------------------ Wanda: sequential calibration
+def _linear_inputs(model, prefix, batches):
+    xs, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and name.startswith(prefix):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args, name=name: xs.setdefault(name, []).append(args[0].detach().double()
+                                                                          .reshape(-1, mod.in_features))))
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v) for k, v in xs.items()}
+
+
+def _wanda_by_hand(model, prefix, batches, sparsity):
+    """Prune the linears under ``prefix`` by |W| * ||X||_2 from the model as it is now (brute force)."""
+    masks = {}
+    for name, x in _linear_inputs(model, prefix, batches).items():
+        w = model.get_submodule(name).weight
+        norm = x.pow(2).sum(0).sqrt()
+        score = w.detach().double().abs() * norm[None, :]
+        k = int(sparsity * w.shape[1])
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        for i in range(w.shape[0]):
+            mask[i, sorted(range(w.shape[1]), key=lambda j: float(score[i, j]))[:k]] = True
+        with torch.no_grad():
+            w[mask] = 0
+        masks[name] = mask
+    return masks
+
+
+def test_wanda_sequential_feeds_pruned_outputs_on():
+    batches = _batches(2)
+    ref = build_model("tiny", num_hidden_layers=2, seed=0)
+    want = _wanda_by_hand(ref, "model.layers.0.", batches, 0.5)          # layer 0 from the unpruned model
+    want.update(_wanda_by_hand(ref, "model.layers.1.", batches, 0.5))    # layer 1 after layer 0 is pruned
+    seq = build_model("tiny", num_hidden_layers=2, seed=0)
+    got = wanda_prune(seq, batches, 0.5)                                  # the default: sequential
+    assert set(got) == set(want) and len(want) == 14                      # 7 linears per layer, no lm_head
+    for n in want:
+        assert torch.equal(got[n], want[n]), n
+    for (n, p), (_, q) in zip(seq.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n
+    one = build_model("tiny", num_hidden_layers=2, seed=0)
+    once = wanda_prune(one, batches, 0.5, sequential=False)
+    for n in want:                          # one-shot: layer 0 the same, layer 1 calibrated on unpruned inputs
+        assert torch.equal(once[n], want[n]) == n.startswith("model.layers.0."), n

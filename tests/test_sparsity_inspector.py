@@ -163,3 +163,34 @@ def test_grid_edges_are_readable_on_the_slider(pair):
     assert w.set_tolerance(1.05e-4) == snap_tolerance(1e-4) and w.tolerance.label == "1e-04"
     assert w1.set_tolerance(1e-3) == snap_tolerance(1e-3)
     assert w1.set_tolerance(1.01e-5) == 1e-5                            # the twin edge gives the own atol
+
+
+def test_drill_down_follows_the_slider(pair, tmp_path):
+    """The drill-down says the slider's tolerance, its sparsity is brute force at it, and its row/column bars
+    are recounted at it from checkpoint files (or say they are at the diff's own atol for in-memory diffs)."""
+    from safetensors.torch import save_file
+
+    base, ta, _ = pair
+    save_file(base, str(tmp_path / "b.safetensors"))
+    save_file(ta, str(tmp_path / "t.safetensors"))
+    name = "model.layers.1.mlp.down_proj.weight"
+    d = ta[name].double().numpy() - base[name].double().numpy()
+    tol = snap_tolerance(1e-3)
+    ch = np.abs(d) > tol
+    for src in ((tmp_path / "b.safetensors", tmp_path / "t.safetensors"), (base, ta)):
+        w = SparsityInspector(diff_checkpoints(*src, atol=1e-5))
+        w.select(name)
+        w.tolerance.value = tol                                   # the slider moves after the drill-down
+        title = w.detail_figure.layout.title.text
+        assert f"sparsity {1 - ch.mean():.4f} at atol=1e-03" in title and "1e-05" not in title
+        rows, cols, _ = w.detail_figure.data
+        notes = [a.text for a in w.detail_figure.layout.annotations][:2]
+        if isinstance(src[0], dict):   # in memory: the bars stay at the diff's atol and say so
+            ch5 = np.abs(d) > 1e-5
+            np.testing.assert_allclose(rows.y, 1 - ch5.sum(axis=1) / d.shape[1])
+            assert all("at atol=1e-05 (the diff's own" in n for n in notes), notes
+        else:
+            np.testing.assert_allclose(rows.y, 1 - ch.sum(axis=1) / d.shape[1])
+            np.testing.assert_allclose(cols.y, 1 - ch.sum(axis=0) / d.shape[0])
+            assert notes == ["row sparsity", "column sparsity"]
+            assert not ch.all() and ch.any() and (ch != (np.abs(d) > 1e-5)).any()   # the tolerance matters here

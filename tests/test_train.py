@@ -1,5 +1,6 @@
 """The trainer, its checkpoints and the `workbench train` / `runs show` CLI (tiny model, CPU)."""
 import json
+import os
 import math
 import threading
 import time
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from workbench import schedules
-from workbench.checkpoint import load_checkpoint, save_checkpoint
+from workbench.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from workbench.cli import main
 from workbench.data import BlockLoader, load_blocks
 from workbench.models import build_model
@@ -112,7 +113,7 @@ def test_resume_after_crash_is_bit_identical(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tmp_path, "crashed", schedule=sched, checkpoint_interval=4), callbacks=[crash])
-    state = torch.load(tmp_path / "crashed" / "state.pt", weights_only=True)
+    state = torch.load(os.path.join(latest_checkpoint(tmp_path / "crashed"), STATE_FILE), weights_only=True)
     assert state["step"] == 4 and state["loader"]["position"] == 16
     resume(tmp_path / "crashed")
 
@@ -155,7 +156,7 @@ def test_stop_event_checkpoints_and_pause_excludes_time(tmp_path):
     s = train(cfg(tmp_path, steps=10), callbacks=[control], stop_event=stop, pause_event=pause)
     wall = time.perf_counter() - t0
     assert s["status"] == "stopped" and s["steps"] == 4
-    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 4
+    assert torch.load(os.path.join(latest_checkpoint(tmp_path / "run"), STATE_FILE), weights_only=True)["step"] == 4
     log = read_run_log(tmp_path / "run")
     assert [r["step"] for r in log] == [0, 1, 2, 3]
     assert log[2]["time"] - log[1]["time"] < 0.45          # the 0.5 s pause is not train time
@@ -177,7 +178,7 @@ def test_nan_loss_stops_with_checkpoint_of_last_good_step(tmp_path):
     model.get_output_embeddings().register_forward_hook(poison)
     with pytest.raises(TrainingDiverged, match="step 3.*lower peak LR"):
         train(cfg(tmp_path, "bad", schedule=sched, eval_interval=0), model=model)
-    state = torch.load(tmp_path / "bad" / "state.pt", weights_only=True)
+    state = torch.load(os.path.join(latest_checkpoint(tmp_path / "bad"), STATE_FILE), weights_only=True)
     assert state["step"] == 3 and state["loader"]["position"] == 12      # the bad batch not consumed
     good, bad = weights(tmp_path / "clean"), weights(tmp_path / "bad")
     assert all(torch.equal(good[k], bad[k]) for k in good)
@@ -197,7 +198,7 @@ def test_checkpoint_roundtrip_with_tied_weights_and_weights_only(tmp_path):
     torch.manual_seed(123)
     save_checkpoint(tmp_path, model, step=7, optimizer=opt, loader=loader, trainer={"tokens": 99})
     expected_draw = torch.rand(3)
-    state = torch.load(tmp_path / "state.pt", weights_only=True)       # no pickle execution needed
+    state = torch.load(os.path.join(latest_checkpoint(tmp_path), STATE_FILE), weights_only=True)       # no pickle execution needed
     assert state["step"] == 7 and state["trainer"] == {"tokens": 99}
 
     fresh = build_model("gpt2-1m", vocab_size=256, seed=2, max_seq_len=32)

@@ -6,7 +6,8 @@
   chosen subset (:meth:`workbench.data.GainSampler.subset`) highlighted, click a point to read the
   sample, export the indices to the workspace (``selections/NAME.json``).
 * :class:`SparsityTab`: diff two checkpoints (:func:`workbench.sparsity.diff_checkpoints`; the
-  bundled pretrained model and the runs of the workspace are offered), keep the diff in
+  bundled pretrained model and the runs of the workspace are offered; a typed path must lie in the
+  workspace's runs, the bundled assets or a ``--data-dir`` folder: :meth:`Workspace.checkpoint_path`), keep the diff in
   ``diffs/NAME.json``, and look at it: heatmap of sparsity (layers x matrix types) at any absolute
   or relative tolerance from the cached statistics (:meth:`SparsityDiff.grid`), drill-down on a
   cell (row/column sparsity, singular values: :meth:`SparsityDiff.detail`).
@@ -20,15 +21,13 @@ Example:
 """
 from __future__ import annotations
 
-import html
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import panel as pn
 
-from workbench.widgets.dashboard import _message
+from workbench.widgets.dashboard import LIMITS, _html_message, _message, bounded, esc
 from workbench.workspace import Workspace
 
 __all__ = ["AnglesTab", "SparsityTab"]
@@ -44,8 +43,9 @@ class AnglesTab:
 
     def __init__(self, ws: Workspace, n: int = 256):
         self.ws = ws
-        self.n_examples = pn.widgets.IntInput(label="prompts to score", value=n, start=8, end=20_000, step=64)
-        self.task_seed = pn.widgets.IntInput(label="task seed", value=0, start=0)
+        self.n_examples = pn.widgets.IntInput(label="prompts to score", value=n, start=LIMITS["n_examples"][0],
+                                              end=LIMITS["n_examples"][1], step=64)
+        self.task_seed = pn.widgets.IntInput(label="task seed", value=0, start=0, end=LIMITS["seed"][1])
         self.score_button = pn.widgets.Button(label="Score prompts", color="primary")
         self.mu = pn.widgets.IntSlider(label="centre mu (rank; 0 = most concentrated)", start=0, end=max(1, n - 1),
                                        value=0)
@@ -53,12 +53,12 @@ class AnglesTab:
             label="width sigma (ranks)", options={f"{v:g}": float(v) for v in (0.5, 1, 2, 5, 10, 20, 50, 100, 200,
                                                                                  500, 1000, 2000, 5000)}, value=50.0)
         self.subset_size = pn.widgets.IntSlider(label="subset size", start=1, end=n, value=max(1, n // 10))
-        self.seed = pn.widgets.IntInput(label="draw seed", value=0, start=0)
+        self.seed = pn.widgets.IntInput(label="draw seed", value=0, start=0, end=LIMITS["seed"][1])
         self.y_axis = pn.widgets.RadioButtonGroup(label="y", options=["loss", "rank"], value="loss")
         self.name = pn.widgets.TextInput(label="export as", placeholder="e.g. top-concentrated")
         self.export_button = pn.widgets.Button(label="Export indices")
-        self.status = pn.pane.HTML(_message("press <b>Score prompts</b>: the bundled pretrained model scores "
-                                            "the prompts (a few seconds)"), sizing_mode="stretch_width")
+        self.status = pn.pane.HTML(_html_message("press <b>Score prompts</b>: the bundled pretrained model "
+                                                 "scores the prompts (a few seconds)"), sizing_mode="stretch_width")
         self.sample = pn.pane.HTML("", sizing_mode="stretch_width")
         self.scatter = pn.pane.Plotly({"data": [], "layout": _layout(420)}, sizing_mode="stretch_width",
                                       height=430, config={"displaylogo": False})
@@ -85,10 +85,15 @@ class AnglesTab:
         from workbench.data.tasks import arithmetic_examples, per_example_losses, prompt_angles
         from workbench.models import build_model
 
-        n = int(self.n_examples.value)
+        try:
+            n = bounded(self.n_examples, "n_examples")
+            task_seed = bounded(self.task_seed, "seed")
+        except ValueError as exc:
+            self.status.object = _message(str(exc), "error")
+            return
         self.status.object = _message(f"scoring {n} prompts ...")
         model = build_model(assets.pretrained_dir())
-        self.examples = arithmetic_examples(n, seed=int(self.task_seed.value))
+        self.examples = arithmetic_examples(n, seed=task_seed)
         self.scores = prompt_angles(model, self.examples)["score"].double().numpy()
         self.losses = per_example_losses(model, self.examples).double().numpy()
         from workbench.data import GainSampler
@@ -107,8 +112,16 @@ class AnglesTab:
 
         if self.scores is None:
             return
-        sampler = GainSampler(self.scores, int(self.subset_size.value), mu=float(self.mu.value),
-                              sigma=float(self.sigma.value), seed=int(self.seed.value))
+        try:
+            size = bounded(self.subset_size, "subset_size", high=self.scores.size)
+            mu = bounded(self.mu, "rank", high=self.scores.size - 1)
+            seed = bounded(self.seed, "seed")
+            if self.sigma.value not in self.sigma.options.values():
+                raise ValueError("width sigma must be one of the slider's values")
+        except ValueError as exc:
+            self.status.object = _message(str(exc), "error")
+            return
+        sampler = GainSampler(self.scores, size, mu=float(mu), sigma=float(self.sigma.value), seed=seed)
         sel = self.selected = sampler.subset()
         y = self.losses if self.y_axis.value == "loss" else self.rank.astype(float)
         ids = np.arange(self.scores.size)
@@ -130,17 +143,19 @@ class AnglesTab:
             "layout": _layout(260, barmode="overlay", xaxis_title="score", uirevision="angles-hist",
                               showlegend=False)}
         r = self.rank[sel]
-        self.status.object = _message(f"<b>{sel.size}</b> of {self.scores.size} chosen, ranks {int(r.min())} to "
-                                      f"{int(r.max())}")
+        self.status.object = _html_message(f"<b>{sel.size}</b> of {self.scores.size} chosen, ranks {int(r.min())} "
+                                           f"to {int(r.max())}")
 
     def show(self, index: int) -> None:
         """Show one sample's text, score, rank and loss."""
         i = int(index)
+        if self.examples is None or not 0 <= i < len(self.examples):
+            return
         e = self.examples[i]
         chosen = "chosen" if i in set(self.selected.tolist()) else "not chosen"
         self.sample.object = (f"<b>#{i}</b> score {self.scores[i]:.4f} &middot; rank {int(self.rank[i])} &middot; "
                               f"loss {self.losses[i]:.3f} &middot; {chosen}<pre>"
-                              f"{html.escape(e['text'])}</pre>")
+                              f"{esc(e['text'])}</pre>")
 
     def _clicked(self, event) -> None:
         pts = (event.new or {}).get("points") or []
@@ -162,7 +177,7 @@ class AnglesTab:
         except ValueError as exc:
             self.status.object = _message(str(exc), "error")
             return None
-        self.status.object = _message(f"wrote {path}", "ok")
+        self.status.object = _message(f"wrote selections/{path.name}", "ok")
         return path
 
 
@@ -180,6 +195,7 @@ class SparsityTab:
         self.tuned_path = pn.widgets.TextInput(label="... or tuned path", placeholder="model dir / .safetensors")
         self.atol = pn.widgets.DiscreteSlider(label="diff atol", options=_tol_options(), value=1e-5)
         self.name = pn.widgets.TextInput(label="save diff as", placeholder="e.g. sft-vs-base")
+        self.intersect = pn.widgets.Checkbox(label="only tensors in both (skip the rest)", value=False)
         self.diff_button = pn.widgets.Button(label="Diff checkpoints", color="primary")
         self.diffs = pn.widgets.Select(label="show diff", options=ws.names("diffs"))
         self.mode = pn.widgets.RadioButtonGroup(label="tolerance", options=["atol", "rtol"], value="atol")
@@ -199,7 +215,7 @@ class SparsityTab:
         self.cell.param.watch(lambda e: e.new and self.select(e.new), "value")
         self.heatmap.param.watch(self._clicked, "click_data")
         self.layout = pn.Row(
-            pn.Column(self.base, self.base_path, self.tuned, self.tuned_path, self.atol, self.name,
+            pn.Column(self.base, self.base_path, self.tuned, self.tuned_path, self.atol, self.name, self.intersect,
                       self.diff_button, pn.layout.Divider(), self.diffs, self.mode, self.tolerance, self.cell,
                       self.status, width=340),
             pn.Column(self.heatmap, self.detail, sizing_mode="stretch_width"), sizing_mode="stretch_width")
@@ -210,13 +226,17 @@ class SparsityTab:
         runs = [f"run: {n}" for n in self.ws.names("runs") if (self.ws.run_dir(n) / "model.safetensors").exists()]
         return [self.PRETRAINED] + runs
 
-    def _resolve(self, choice: str, typed: str) -> str:
-        if typed.strip():
-            return os.path.expanduser(typed.strip())
+    def _resolve(self, choice: str, typed: str, what: str = "path") -> str:
+        """The checkpoint a choice or a typed path names: only workspace runs, the bundled assets and
+        ``--data-dir`` folders (the same error whether a refused path exists or not)."""
+        if (typed or "").strip():
+            return self.ws.checkpoint_path(typed, what)
         if choice == self.PRETRAINED:
             from workbench import assets
 
             return str(assets.pretrained_dir())
+        if choice not in self._sources():
+            raise ValueError(f"{what}: choose one of the listed checkpoints")
         return str(self.ws.run_dir(choice.removeprefix("run: ")) / "model.safetensors")
 
     def refresh(self) -> None:
@@ -233,18 +253,25 @@ class SparsityTab:
         """Diff ``base`` and ``tuned`` (paths; default: the form), save it, and show it."""
         from workbench.sparsity import diff_checkpoints
 
-        base = base or self._resolve(self.base.value, self.base_path.value)
-        tuned = tuned or self._resolve(self.tuned.value, self.tuned_path.value)
         try:
+            base = base or self._resolve(self.base.value, self.base_path.value, "base path")
+            tuned = tuned or self._resolve(self.tuned.value, self.tuned_path.value, "tuned path")
+            if self.atol.value not in self.atol.options.values():
+                raise ValueError("diff atol must be one of the slider's values")
             name = self.ws.unique_name("diffs", (name or self.name.value or "").strip() or "diff")
-            self.status.object = _message(f"diffing {base} and {tuned} ...")
-            d = diff_checkpoints(base, tuned, atol=float(self.atol.value))
-        except (ValueError, FileNotFoundError) as exc:
-            self.status.object = _message(str(exc), "error")
+            self.status.object = _message("diffing ...")
+            d = diff_checkpoints(base, tuned, atol=float(self.atol.value), intersect=bool(self.intersect.value))
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            hint = "" if self.intersect.value else "<br>(tick 'only tensors in both' to skip what does not line up)"
+            self.status.object = _html_message(esc(_no_paths(str(exc), self.ws)).replace("\n", "<br>") + hint,
+                                               "error")
             return None
         d.to_json(self.ws.path("diffs", name))
         self.diffs.options = self.ws.names("diffs")
         self.diffs.value = name       # loads and draws it
+        if d.skipped:
+            self.status.object += _html_message(f"<br>skipped {len(d.skipped)} tensor(s) not in both: "
+                                                f"{esc(', '.join(d.skipped[:5]))}")
         return d
 
     def load(self) -> None:
@@ -263,6 +290,9 @@ class SparsityTab:
     def redraw(self) -> None:
         if self.diff is None:
             return
+        if self.mode.value not in ("atol", "rtol") or self.tolerance.value not in self.tolerance.options.values():
+            self.status.object = _message("tolerance must be one of the slider's values", "error")
+            return
         kw = {self.mode.value: float(self.tolerance.value)}
         try:
             frame = self.diff.grid(**kw)
@@ -280,23 +310,32 @@ class SparsityTab:
                               yaxis=dict(title="layer", autorange="reversed", type="category"),
                               uirevision="sparsity")}
         dtypes = sorted({t["dtype"] for t in self.diff.tensors})
-        self.status.object = _message(f"overall sparsity <b>{overall:.4f}</b> at {self.mode.value}="
-                                      f"{self.tolerance.value:.0e} ({self.diff.overall['numel']:,} entries, "
-                                      f"dtype {', '.join(dtypes)})")
+        self.status.object = _html_message(f"overall sparsity <b>{overall:.4f}</b> at {esc(self.mode.value)}="
+                                           f"{self.tolerance.value:.0e} ({self.diff.overall['numel']:,} entries, "
+                                           f"dtype {esc(', '.join(dtypes))})")
+        if self.cell.value in self.cell.options:   # the drill-down follows the slider
+            self.select(self.cell.value)
 
     def select(self, name: str) -> None:
         """Drill down into one tensor: row/column sparsity and the singular values of its update."""
-        d = self.diff.detail(name)
+        if self.diff is None or name not in {t["name"] for t in self.diff.tensors}:
+            return
+        mode, tol = self.mode.value, float(self.tolerance.value)
+        d = self.diff.detail(name, **{mode: tol})
+        own = d["tolerance"].get("atol") == d["rows_atol"]   # row/column counts at the slider's atol
+        rows_at = "" if own else f" at atol={d['rows_atol']:.0e} (the diff's own)"
         data = []
         if d["row_sparsity"] is not None:
-            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity"),
-                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines", name="column sparsity")]
+            data += [dict(type="scatter", y=d["row_sparsity"].tolist(), mode="lines", name="row sparsity" + rows_at),
+                     dict(type="scatter", y=d["col_sparsity"].tolist(), mode="lines",
+                          name="column sparsity" + rows_at)]
         if d["svals"] is not None:
             data.append(dict(type="scatter", y=np.asarray(d["svals"]).tolist(), mode="lines", name="singular values",
                              xaxis="x2", yaxis="y2"))
         r = d["row"]
         self.detail.object = {"data": data, "layout": _layout(
-            320, title=f"{name}: sparsity {r['sparsity']:.4f}, rank {r.get('rank')} of {r.get('rank_max')}",
+            320, title=f"{name}: sparsity {d['sparsity']:.4f} at {mode}={tol:.0e}"
+                       + (" x |base|" if mode == "rtol" else "") + f", rank {r.get('rank')} of {r.get('rank_max')}",
             xaxis=dict(domain=[0, 0.45], title="row / column"), yaxis=dict(title="sparsity", range=[0, 1.02]),
             xaxis2=dict(domain=[0.55, 1], title="index"), yaxis2=dict(anchor="x2", type="log",
                                                                      title="singular value"))}
@@ -312,6 +351,16 @@ class SparsityTab:
         names = self.diff.cells().get(key)
         if names:
             self.select(names[0])
+
+
+def _no_paths(text: str, ws: Workspace) -> str:
+    """An error message with the server's folders replaced by their public names (runs/, assets/, data/)."""
+    from workbench import assets
+
+    for root, public in ((str(ws.root / "runs"), "runs"), (str(assets.ASSETS_DIR), "assets"),
+                         *((str(d), "data") for d in ws.data_dirs)):
+        text = text.replace(root, public)
+    return text
 
 
 def _tol_options() -> dict:

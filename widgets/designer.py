@@ -11,10 +11,19 @@ Example:
     >>> d.controls["peak_lr"].value = 1e-3          # what a slider drag does
     >>> d.schedules[0].peak_lr
     0.001
+    >>> d.controls["peak_lr"].label                  # the slider shows the value the schedule holds
+    '1e-03'
+    >>> d.attach_law("124m")                         # predicted loss from the law fitted to real 124M runs
+    >>> d.forecasts[0].ok, d.forecasts[0].final > d.law.floor
+    (True, True)
+    >>> d.controls["peak_lr"].value = 1e-2           # 10x the fitted runs' LR: greyed, and it says why
+    >>> d.forecasts[0].ok, "peak LR 0.01 is outside the fitted curves" in d.law_message.value
+    (False, True)
     >>> d  # doctest: +SKIP
 """
 from __future__ import annotations
 
+import html
 import json
 from typing import Any, Callable, Sequence
 
@@ -24,7 +33,13 @@ import plotly.graph_objects as go
 from workbench import plots, schedules
 from workbench.schedules import Schedule
 
-__all__ = ["ScheduleDesigner", "EDITABLE"]
+LOSS_PANEL = ("x4", "y4")        # the predicted-loss panel's axes in plots.schedule_figure
+OUT_OF_DOMAIN = "#9aa5b1"        # grey: a prediction outside the fitted law's domain
+NO_LAW = ("no loss law attached: <code>designer.attach_law('124m')</code> (fitted to real 124M runs), "
+          "<code>attach_law('tiny')</code> (the bundled tiny runs), <code>attach_law(laws.fit(curves))</code> "
+          "or <code>CurveFitter.designer()</code>")
+
+__all__ = ["ScheduleDesigner", "EDITABLE", "lr_label", "lr_options"]
 
 _LR = dict(kind="lr")
 _STEPS = dict(kind="steps")
@@ -64,18 +79,24 @@ class ScheduleDesigner(W.VBox):
     Args:
         schedules: initial schedules (default: one cosine and one WSD, 10k steps).
         predictor: optional callable ``schedule -> predicted loss per step``; its curves are drawn
-            in the fourth panel (plug a fitted loss law in here).
+            in the fourth panel as they come.
+        law: a fitted loss law (:class:`workbench.laws.FittedLaw`), or ``"124m"`` (the law fitted to
+            real 124M runs) or ``"tiny"`` (fitted to the bundled tiny-model runs); its predictions
+            are drawn through :func:`workbench.livefit.forecast`: greyed and dotted outside the fit's
+            domain, never below its floor, with the reasons and the fit's warnings under the controls.
         max_points: points drawn per curve (curves are evaluated at every step, then sampled).
         lam: decay factor of the annealing area S2.
     """
 
     def __init__(self, schedules_: Sequence[Schedule] | None = None, *, predictor: Callable | None = None,
-                 max_points: int = 2000, lam: float = 0.999):
+                 law=None, max_points: int = 2000, lam: float = 0.999):
         if schedules_ is None:
             schedules_ = [schedules.cosine(peak_lr=3e-4, total_steps=10_000, warmup_steps=500, min_lr=3e-5),
                           schedules.wsd(peak_lr=3e-4, total_steps=10_000, warmup_steps=500, min_lr=3e-5,
                                         decay_fraction=0.2)]
         self.predictor = predictor
+        self.law = None
+        self.forecasts: list = []          # per schedule: the law's Forecast (None without a law)
         self.max_points = int(max_points)
         self.lam = float(lam)
         self._entries: list[Schedule] = []
@@ -91,6 +112,7 @@ class ScheduleDesigner(W.VBox):
                                    layout=W.Layout(width="80px"))
         self.remove_button = W.Button(description="remove", icon="trash", layout=W.Layout(width="90px"))
         self.message = W.HTML()
+        self.law_message = W.HTML()
         self.params = W.VBox()
         self.snippet = W.Textarea(description="Python", layout=W.Layout(width="100%", height="60px"))
         self.spec = W.Textarea(description="JSON", layout=W.Layout(width="100%", height="90px"))
@@ -101,11 +123,14 @@ class ScheduleDesigner(W.VBox):
         self.remove_button.on_click(lambda _: self.remove(self.selected))
         top = W.HBox([self.selector, self.family, self.add_button, self.remove_button])
         export = W.Accordion(children=[W.VBox([self.snippet, self.spec])], titles=("export",))
-        super().__init__([top, self.params, self.message, self.figure, export])
+        super().__init__([top, self.params, self.message, self.law_message, self.figure, export])
+        if law is not None:
+            self.law = _resolve_law(law)
         for s in schedules_:
             self.add(s)
         if self._entries:
             self.select(0)
+        self._show_law()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -131,11 +156,15 @@ class ScheduleDesigner(W.VBox):
         self._entries.append(schedule)
         self._colors.append(plots.COLORS[self._next_color % len(plots.COLORS)])
         self._next_color += 1
+        self.forecasts.append(None)
+        predictor = self.predictor if self.law is None else None
         with self.figure.batch_update():
             for trace, row, col in plots.schedule_traces(schedule, self._name(len(self._entries) - 1),
-                                                         self._colors[-1], self.predictor, self.max_points,
+                                                         self._colors[-1], predictor, self.max_points,
                                                          self.lam):
                 self.figure.add_trace(trace, row=row, col=col)
+        if self.law is not None:
+            self.replace(len(self._entries) - 1, schedule)
         self._refresh_selector()
         self.select(len(self._entries) - 1)
         return len(self._entries) - 1
@@ -146,6 +175,7 @@ class ScheduleDesigner(W.VBox):
             raise ValueError(f"index must be in [0, {len(self._entries)}), got {index}")
         del self._entries[index]
         del self._colors[index]
+        del self.forecasts[index]
         keep = [t for i, t in enumerate(self.figure.data) if i // 4 != index]
         self.figure.data = keep
         self._rename_traces()
@@ -155,6 +185,7 @@ class ScheduleDesigner(W.VBox):
         else:
             self.params.children = ()
             self.controls = {}
+        self._show_law()
 
     def select(self, index: int) -> None:
         """Edit the schedule at ``index`` with the controls."""
@@ -167,8 +198,15 @@ class ScheduleDesigner(W.VBox):
 
     def replace(self, index: int, schedule: Schedule) -> None:
         """Swap in a new schedule at ``index`` and redraw its curves."""
+        from workbench.livefit import forecast
+
         self._entries[index] = schedule
-        c = plots.schedule_curves(schedule, self.max_points, self.lam, self.predictor)
+        c = plots.schedule_curves(schedule, self.max_points, self.lam, self.predictor if self.law is None else None)
+        fc = None
+        if self.law is not None:
+            fc = forecast(self.law, schedule, c["step"])
+            c["loss"] = fc.mean
+        self.forecasts[index] = fc
         traces = self.figure.data[4 * index: 4 * index + 4]
         with self.figure.batch_update():
             for trace, key in zip(traces, ("lr", "s1", "s2", "loss")):
@@ -176,13 +214,58 @@ class ScheduleDesigner(W.VBox):
                     trace.x, trace.y = [], []
                 else:
                     trace.x, trace.y = c["step"], c[key]
+        # greyed and dotted outside the fit's domain (a restyle of this one trace, outside the batch)
+        grey = fc is not None and not fc.ok
+        style = (OUT_OF_DOMAIN, "dot") if grey else (self._colors[index], "solid")
+        if (traces[3].line.color, traces[3].line.dash) != style:
+            traces[3].line.color, traces[3].line.dash = style
         self._update_export()
+        self._show_law()
 
     def set_predictor(self, predictor: Callable | None) -> None:
-        """Plug in (or remove) a loss predictor and redraw every schedule."""
+        """Plug in (or remove) a loss predictor callable and redraw every schedule (a law attached
+        with :meth:`attach_law` takes precedence)."""
         self.predictor = predictor
         for i, s in enumerate(self._entries):
             self.replace(i, s)
+
+    def attach_law(self, law) -> None:
+        """Draw the predicted loss of a fitted law: a :class:`workbench.laws.FittedLaw`, ``"124m"``
+        (fitted to real 124M runs) or ``"tiny"`` (fitted to the bundled tiny runs); ``None`` detaches it."""
+        self.law = None if law is None else _resolve_law(law)
+        for i, s in enumerate(self._entries):
+            self.replace(i, s)
+        self._show_law()
+
+    def _show_law(self) -> None:
+        """The message under the controls and the loss panel's state: why a prediction is greyed or
+        hidden, the fit's warnings, or how to attach a law when none is."""
+        has = self.law is not None or self.predictor is not None
+        lines = []
+        if self.law is not None:
+            for i, fc in enumerate(self.forecasts):
+                if fc is None:
+                    continue
+                if fc.ok and fc.final is not None:
+                    lines.append(f"{html.escape(self._name(i))}: predicted final loss {fc.final:.4f}")
+                else:
+                    lines.append(f"<span style='color:#9a6700'>{html.escape(self._name(i))}: no trustworthy "
+                                 f"prediction: {html.escape('; '.join(fc.problems))}</span>")
+            lines += [f"<span style='color:#9a6700'>fit warning: {html.escape(w)}</span>" for w in self.law.warnings]
+        text = "<br>".join(lines)
+        if self.law_message.value != text:
+            self.law_message.value = text
+        annotations = [a for a in self.figure.layout.annotations if a.name != "no-law"]
+        if not has:
+            annotations.append(dict(name="no-law", text=NO_LAW.replace("<code>", "").replace("</code>", "")
+                                    .replace(": ", ":<br>").replace(", ", ",<br>"),
+                                    xref=f"{LOSS_PANEL[0]} domain", yref=f"{LOSS_PANEL[1]} domain", x=0.5, y=0.5,
+                                    showarrow=False, font=dict(size=11, color="#666")))
+        if len(annotations) != len(self.figure.layout.annotations):
+            with self.figure.batch_update():
+                self.figure.layout.annotations = annotations
+                self.figure.layout.xaxis4.visible = has
+                self.figure.layout.yaxis4.visible = has
 
     def to_json(self) -> str:
         """All schedules as a JSON list of ``to_dict()`` specs."""
@@ -299,10 +382,11 @@ def _control(name: str, spec: dict, value: Any, s: Schedule) -> W.Widget:
     layout = W.Layout(width="330px")
     kind = spec["kind"]
     if kind == "lr":
-        v = max(float(value or 0.0), 10.0 ** _LR_MIN_EXP)
-        return W.FloatLogSlider(value=v, base=10, min=_LR_MIN_EXP, max=_LR_MAX_EXP, step=0.01, description=name,
-                                readout_format=".2e", continuous_update=True, style=style, layout=layout,
-                                tooltip="log scale; the left end (1e-8) stands for 0" if name == "min_lr" else "")
+        v = float(value or 0.0)
+        opts = lr_options(v, zero=name != "peak_lr")
+        return W.SelectionSlider(options=opts, index=[x for _, x in opts].index(v), description=name,
+                                 continuous_update=True, style=style, layout=layout,
+                                 tooltip="the left end stands for 0" if name != "peak_lr" else "")
     if kind == "steps":
         if name == "total_steps":
             return W.BoundedIntText(value=int(value), min=1, max=10_000_000, step=100, description=name,
@@ -326,8 +410,6 @@ def _control(name: str, spec: dict, value: Any, s: Schedule) -> W.Widget:
 
 def _value(name: str, spec: dict, w: W.Widget) -> Any:
     kind = spec["kind"]
-    if kind == "lr" and name != "peak_lr" and w.value <= 10.0 ** _LR_MIN_EXP * 1.0001:
-        return 0.0  # left end of the log slider stands for 0
     if kind == "list":
         parts = [p.strip() for p in str(w.value).split(",") if p.strip()]
         try:
@@ -335,3 +417,44 @@ def _value(name: str, spec: dict, w: W.Widget) -> Any:
         except ValueError:
             raise ValueError(f"{name} must be a comma-separated list of numbers, got {w.value!r}") from None
     return w.value
+
+
+def lr_label(v: float) -> str:
+    """An LR as the slider shows it: the value the schedule holds, in short form (``3e-04``, ``2.5e-03``).
+
+    Example:
+        >>> lr_label(3e-4), lr_label(2.5e-3), lr_label(3.0199e-4), lr_label(0.0)
+        ('3e-04', '2.5e-03', '3.0199e-04', '0')
+    """
+    if v == 0:
+        return "0"
+    m, e = f"{v:.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(e):+03d}"
+
+
+def lr_options(value: float | None = None, zero: bool = False) -> list[tuple[str, float]]:
+    """``(label, value)`` options of an LR slider: 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 per decade from
+    1e-8 to 1 (and 0 first with ``zero``), plus ``value`` itself if it is not on that grid, so a
+    slider always shows and keeps the exact value of the schedule."""
+    vals = {float(f"{m}e{e}") for e in range(_LR_MIN_EXP, _LR_MAX_EXP) for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8)}
+    vals.add(10.0 ** _LR_MAX_EXP)
+    if zero:
+        vals.add(0.0)
+    if value is not None:
+        vals.add(float(value))
+    return [(lr_label(v), v) for v in sorted(vals)]
+
+
+def _resolve_law(law):
+    """A FittedLaw from a FittedLaw or a source name (``"124m"``, ``"tiny"``: the annealing law)."""
+    from workbench import laws
+
+    if isinstance(law, laws.FittedLaw):
+        return law
+    if isinstance(law, str):
+        from workbench.workspace import SOURCES, default_law
+
+        if law in SOURCES:
+            return default_law("annealing", source=law)
+    raise ValueError(f"attach a FittedLaw (e.g. laws.fit(curves)) or one of '124m', 'tiny'; got {law!r}")

@@ -31,6 +31,7 @@ import plotly.graph_objects as go
 
 from workbench import laws, plots, schedules
 from workbench.curves import LossCurve, read_curves
+from workbench.livefit import LEVEL, forecast
 
 __all__ = ["CurveFitter"]
 
@@ -47,7 +48,8 @@ class CurveFitter(W.VBox):
         fit_on: names of the curves to fit (ticked boxes); the others are held out and only scored.
             Default: all of them.
         max_points: display steps per curve (the law is evaluated exactly at each).
-        level: the prediction band's level (parameter uncertainty, see ``FittedLaw.predict``).
+        level: the prediction band's level (calibrated on held-out curves when the fit has a
+            calibration, else the parameter uncertainty: see ``FittedLaw.predict``).
         fit_kwargs: passed to :func:`workbench.laws.fit` (e.g. ``lam=None``, ``max_points=200``).
         autofit: fit once at construction (when some curve is ticked).
 
@@ -57,7 +59,7 @@ class CurveFitter(W.VBox):
     """
 
     def __init__(self, curves: Sequence[LossCurve], law: str = "annealing", *, fit_on: Sequence[str] | None = None,
-                 max_points: int = 500, level: float = 0.95, fit_kwargs: dict | None = None, autofit: bool = True):
+                 max_points: int = 500, level: float = LEVEL, fit_kwargs: dict | None = None, autofit: bool = True):
         curves = list(curves)
         if not curves or not all(isinstance(c, LossCurve) for c in curves):
             raise ValueError("CurveFitter takes a non-empty list of LossCurve objects; read files with "
@@ -69,6 +71,7 @@ class CurveFitter(W.VBox):
         self.fit_kwargs = dict(fit_kwargs or {})
         self.fitted: laws.FittedLaw | None = None
         self.scores: dict[str, dict] = {}
+        self.forecasts: dict = {}        # per curve: what may be shown of the law (livefit.forecast)
         self.live_fit = None
         self._designers: list = []
         self._last_draw = -float("inf")
@@ -84,18 +87,14 @@ class CurveFitter(W.VBox):
         self.boxes = W.HBox()
         self.checkboxes: dict[str, W.Checkbox] = {}
         self.params_html = W.HTML()
+        self.warnings_html = W.HTML()        # the fit's warnings (FittedLaw.warnings), in plain words
         self.metrics_html = W.HTML()
-        fig = go.Figure()
-        fig.update_layout(height=420, template="plotly_white", margin=dict(l=60, r=20, t=40, b=40),
-                          xaxis_title="step", yaxis_title="loss", legend=dict(orientation="h", y=-0.15),
-                          title="observed (points), law (lines) and its band")
-        self.figure = go.FigureWidget(fig)
         self.curves: list[LossCurve] = []
         self._set_curves(curves, fit_on)
         top = W.HBox([self.law, self.fit_button, self.message])
         tables = W.HBox([self.params_html, self.metrics_html], layout=W.Layout(gap="30px"))
-        super().__init__([top, W.HTML("<b>fit on</b> (unticked: held out, only scored)"), self.boxes,
-                          self.figure, tables])
+        super().__init__([top, self.warnings_html, W.HTML("<b>fit on</b> (unticked: held out, only scored)"),
+                          self.boxes, self.figure, tables])
         if autofit and any(cb.value for cb in self.checkboxes.values()):
             self._on_fit()
 
@@ -138,10 +137,11 @@ class CurveFitter(W.VBox):
                        if not c.meta.get("placeholder") and (c.steps >= c.warmup).any()}
         self._redraw()
         for d in self._designers:
-            d.set_predictor(fitted.predictor())
+            d.attach_law(fitted)
 
     def designer(self, schedules_: Sequence | None = None):
-        """A :class:`workbench.widgets.ScheduleDesigner` whose predicted-loss panel is the fitted law.
+        """A :class:`workbench.widgets.ScheduleDesigner` with the fitted law attached (its predicted-loss
+        panel greys a schedule outside the fit's domain and says why).
 
         Default schedules: cosine and WSD (20% decay) with the curves' peak LR, length and warmup
         (the LiveFit's schedule when live). Later fits update its predictor.
@@ -159,7 +159,7 @@ class CurveFitter(W.VBox):
                 schedules_ = [schedules.cosine(peak_lr=peak, total_steps=total, warmup_steps=warm, min_lr=peak / 10),
                               schedules.wsd(peak_lr=peak, total_steps=total, warmup_steps=warm, min_lr=peak / 10,
                                             decay_fraction=0.2)]
-        d = ScheduleDesigner(list(schedules_), predictor=self.fitted.predictor(), max_points=self.max_points)
+        d = ScheduleDesigner(list(schedules_), law=self.fitted, max_points=self.max_points)
         self._designers.append(d)
         return d
 
@@ -205,9 +205,11 @@ class CurveFitter(W.VBox):
         self._drawn_refits = live.refits
         if live.fitted is not None:
             self.show_law(live.fitted)
+            self.message.value = f"live fit at step {live.fitted.info.get('live_step', '?')}"
         else:
             self.fitted, self.scores = None, {}
             self._redraw()
+            self.message.value = f"no forecast yet: {html.escape(live.waiting_reason())}"
 
     def steps(self, i: int):
         """The display steps at which curve ``i``'s law curve and band are drawn."""
@@ -237,19 +239,27 @@ class CurveFitter(W.VBox):
                             layout=W.Layout(width="auto"))
             self.checkboxes[c.name] = cb
         self.boxes.children = tuple(self.checkboxes.values())
-        with self.figure.batch_update():
-            for i, c in enumerate(self.curves):
-                color = plots.COLORS[i % len(plots.COLORS)]
-                self.figure.add_scatter(x=[], y=[], mode="markers", name=f"{c.name} (observed)",
-                                        legendgroup=c.name, marker=dict(color=color, size=5))
-                self.figure.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color),
-                                        legendgroup=c.name, showlegend=False, hoverinfo="skip",
-                                        name=f"{c.name} band low")
-                self.figure.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color),
-                                        fill="tonexty", opacity=0.3, legendgroup=c.name, hoverinfo="skip",
-                                        name=f"{c.name} {self.level:.0%} band")
-                self.figure.add_scatter(x=[], y=[], mode="lines", name=f"{c.name} (law)", legendgroup=c.name,
-                                        line=dict(color=color))
+        # every trace is named and its legend entry decided here, in the figure the widget starts
+        # from: later redraws send only x/y (and a single trace's name/dash when a role changes), so
+        # the browser never sees an unnamed trace ("trace 0", "trace 1", ... in the legend)
+        fig = go.Figure()
+        fig.update_layout(height=420, template="plotly_white", margin=dict(l=60, r=20, t=40, b=40),
+                          xaxis_title="step", yaxis_title="loss", legend=dict(orientation="h", y=-0.15),
+                          title="observed (points), law (lines) and its band")
+        for i, c in enumerate(self.curves):
+            color = plots.COLORS[i % len(plots.COLORS)]
+            cb = self.checkboxes[c.name]
+            role = "fit" if cb.value else "held out"
+            fig.add_scatter(x=[], y=[], mode="markers", name=f"{c.name} (observed)", showlegend=True,
+                            legendgroup=c.name, marker=dict(color=color, size=5))
+            fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color),
+                            legendgroup=c.name, showlegend=False, hoverinfo="skip", name=f"{c.name} band low")
+            fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color), fill="tonexty", opacity=0.3,
+                            legendgroup=c.name, showlegend=True, hoverinfo="skip",
+                            name=f"{c.name} {self.level:.0%} band")
+            fig.add_scatter(x=[], y=[], mode="lines", name=f"{c.name} (law, {role})", legendgroup=c.name,
+                            showlegend=True, line=dict(color=color, dash="solid" if role == "fit" else "dash"))
+        self.figure = go.FigureWidget(fig)
 
     def _on_fit(self) -> None:
         self.message.value = "<i>fitting...</i>"
@@ -261,10 +271,21 @@ class CurveFitter(W.VBox):
         f = self.fitted
         self.message.value = f"{f.law}: {f.info.get('n_points', '?')} points in {f.info.get('time_s', 0):.2f} s"
 
+    def _warnings_html(self) -> str:
+        """The fit's warnings and, per curve, why its prediction is out of the fit's domain or hidden."""
+        f = self.fitted
+        if f is None:
+            return ""
+        lines = [f"fit warning: {html.escape(w)}" for w in f.warnings]
+        lines += [f"{html.escape(n)}: {html.escape('; '.join(fc.problems))}" for n, fc in self.forecasts.items()
+                  if not fc.ok]
+        return "<br>".join(f"<span style='color:#9a6700'>{x}</span>" for x in lines)
+
     def _redraw(self) -> None:
         self._last_draw = time.monotonic()
         f = self.fitted
-        with self.figure.batch_update():
+        self.forecasts = {}
+        with self.figure.batch_update():              # x/y of every trace: nothing sparse in this batch
             for i, c in enumerate(self.curves):
                 obs, low, high, law = self.figure.data[TRACES_PER_CURVE * i: TRACES_PER_CURVE * i + TRACES_PER_CURVE]
                 if c.meta.get("placeholder"):              # live, before the first points
@@ -273,23 +294,32 @@ class CurveFitter(W.VBox):
                     continue
                 keep = c.steps >= c.warmup
                 obs.x, obs.y = c.steps[keep], c.losses[keep]
-                cb = self.checkboxes.get(c.name)
-                role = "fit" if cb is None or cb.value else "held out"
-                law.name = f"{c.name} (law, {role})"
-                law.line.dash = "solid" if role == "fit" else "dash"
                 if f is None:
                     for t in (low, high, law):
                         t.x, t.y = [], []
                     continue
                 x = self.steps(i)
-                if f.cov is not None:
-                    mean, lo, hi = f.predict_band(c, x, level=self.level)
-                    low.x, low.y, high.x, high.y = x, lo, x, hi
+                fc = forecast(f, c, x, band=f.cov is not None, level=self.level)
+                self.forecasts[c.name] = fc
+                if fc.low is not None:
+                    low.x, low.y, high.x, high.y = x, fc.low, x, fc.high
                 else:
-                    mean = f.predict(c, x)
                     low.x, low.y, high.x, high.y = [], [], [], []
-                law.x, law.y = x, mean
+                law.x, law.y = x, fc.mean
+        for i, c in enumerate(self.curves):                 # a role change restyles that one trace
+            law = self.figure.data[TRACES_PER_CURVE * i + 3]
+            cb = self.checkboxes.get(c.name)
+            role = "fit" if cb is None or cb.value else "held out"
+            fc = self.forecasts.get(c.name)
+            if fc is not None and not fc.ok:
+                role += ", outside the fit's domain"
+            name, dash = f"{c.name} (law, {role})", "solid" if role == "fit" else "dot" if "domain" in role else "dash"
+            if law.name != name:
+                law.name = name
+            if law.line.dash != dash:
+                law.line.dash = dash
         self.params_html.value = self._params_table()
+        self.warnings_html.value = self._warnings_html()
         self.metrics_html.value = self._metrics_table()
 
     def _params_table(self) -> str:

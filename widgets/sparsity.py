@@ -2,8 +2,9 @@
 
 A thin view over :class:`workbench.sparsity.SparsityDiff`: the heatmap is ``diff.grid(atol=...)`` or
 ``diff.grid(rtol=...)`` (layers x matrix types, recomputed from the diff's cached histograms, the checkpoints
-are not read again), the drill-down is ``diff.detail(name)`` (per-row / per-column sparsity at the diff's
-``atol`` and the singular values of the update) and the overlap panel is
+are not read again), the drill-down is ``diff.detail(name, atol=...)`` at the slider's tolerance (per-row /
+per-column sparsity, recounted at that atol from the checkpoint files when they are still there, else labelled
+with the diff's own atol, and the singular values of the update) and the overlap panel is
 ``workbench.sparsity.overlap(diff, other)``. No maths lives here.
 
 Example:
@@ -113,7 +114,6 @@ class SparsityInspector(W.VBox):
         self.figure.data[0].on_click(self._on_click)
         super().__init__(children)
         self._redraw()
-        self._show_detail(self.tensor.value)
 
     # ------------------------------------------------------------------ public API
     def select(self, name: str) -> None:
@@ -186,6 +186,8 @@ class SparsityInspector(W.VBox):
         dtypes = sorted({t["dtype"] for t in self.diff.tensors})
         self.message.value = (f"overall sparsity <b>{overall:.4f}</b> at {mode}={_label(tol)} "
                               f"({self.diff.overall['numel']:,} entries, dtype {', '.join(dtypes)})")
+        if self.tensor.value is not None:  # the drill-down follows the slider
+            self._show_detail(self.tensor.value)
 
     def _on_click(self, trace, points, state) -> None:
         if not points.point_inds:
@@ -196,7 +198,8 @@ class SparsityInspector(W.VBox):
         self.click(layer, trace.x[c])
 
     def _show_detail(self, name: str) -> None:
-        d = self.diff.detail(name)
+        mode, tol = self.mode.value, self.tolerance.value
+        d = self.diff.detail(name, **{mode: tol})
         rows, cols, sv = self.detail_figure.data
         with self.detail_figure.batch_update():
             if d["row_sparsity"] is None:
@@ -211,8 +214,11 @@ class SparsityInspector(W.VBox):
             r = d["row"]
             rank = "not computed (tensor above max_rank_numel)" if r["rank"] is None and r["rank_max"] else \
                 f"rank {r['rank']} of {r['rank_max']}" if r["rank"] is not None else "1-D tensor"
-            self.detail_figure.layout.title = (f"{name}: sparsity {r['sparsity']:.4f} at atol={_label(self.diff.atol)}"
-                                               f", {rank}")
+            self.detail_figure.layout.title = f"{name}: sparsity {d['sparsity']:.4f} at {mode}={_label(tol)}, {rank}"
+            rows_at = "" if d["tolerance"].get("atol") == d["rows_atol"] else \
+                f" at atol={_label(d['rows_atol'])} (the diff's own; re-run the diff at {mode}={_label(tol)})"
+            for ann, what in zip(self.detail_figure.layout.annotations, ("row sparsity", "column sparsity")):
+                ann.text = what + rows_at
 
     def _draw_overlap(self) -> None:
         rows = self.overlap["tensors"]

@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -26,20 +27,22 @@ from pathlib import Path
 from workbench import schedules
 
 __all__ = ["ASSETS_DIR", "RUNS", "RUN_SETTINGS", "PRETRAINED_SETTINGS", "bundled_runs", "run_dir",
-           "read_run", "pretrained_dir", "make_assets"]
+           "read_run", "pretrained_dir", "make_assets", "CURVE_SETS", "curves", "curve_specs", "cooldown_mask",
+           "lr_124m", "logged_lrs", "fitted_law", "make_fitted_laws", "convert_124m", "resolve_curve", "split_args"]
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 STEPS, PEAK, WARMUP = 1000, 3e-3, 50
-# the schedules of the bundled runs, all with the same budget
+# the schedules of the bundled runs, all with the same budget (the WSD warmups start at 0, as when they were
+# made, before wsd() followed transformers in starting the warmup at min_lr)
 RUNS: dict[str, schedules.Schedule] = {
     "constant": schedules.constant(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP),
     "cosine": schedules.cosine(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, min_lr=PEAK / 10),
     "linear": schedules.linear(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, min_lr=PEAK / 10),
     "wsd10": schedules.wsd(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, decay_fraction=0.1,
-                           min_lr=PEAK / 10),
+                           min_lr=PEAK / 10, warmup_start_lr=0.0),
     "wsd20": schedules.wsd(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP, decay_fraction=0.2,
-                           min_lr=PEAK / 10),
+                           min_lr=PEAK / 10, warmup_start_lr=0.0),
     "multistep": schedules.multistep(peak_lr=PEAK, total_steps=STEPS, warmup_steps=WARMUP,
                                      milestones=(0.8, 0.9), factors=(0.316, 0.1)),
 }
@@ -108,6 +111,8 @@ def make_assets(out: str | os.PathLike | None = None, *, runs: bool = True, pret
             src = Path(tmp) / name
             for f in ("model.safetensors", "state.pt"):  # the logs are the artefact, not the weights
                 (src / f).unlink(missing_ok=True)
+            shutil.rmtree(src / "checkpoints", ignore_errors=True)
+            (src / ".lock").unlink(missing_ok=True)
             _relocate(src, f"runs/{name}")
             dst = base / "runs" / name
             if dst.exists():
@@ -141,8 +146,322 @@ def _make_pretrained(dst: Path, progress: bool) -> None:
         summary = trainer.run()
         out = Path(tmp) / "pretrained"
         model.save_pretrained(out, safe_serialization=True)
+        _check_names(model, out / "model.safetensors")
         record = {"config": dict(cfg.to_dict(), run_dir=None), "summary": dict(summary, run_dir=None)}
         write_json_atomic(out / "training.json", record)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(out, dst)
+
+
+def _check_names(model, path: Path) -> None:
+    """The pretrained file must name tied tensors as run checkpoints do, or their diffs would not line up."""
+    from safetensors import safe_open
+
+    from workbench.models import tied_names
+
+    with safe_open(path, framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(model.state_dict()) - set(tied_names(model))
+    if saved != expected:
+        raise RuntimeError(f"{path} names tensors differently from run checkpoints: only in the file "
+                           f"{sorted(saved - expected)[:5]}, only in checkpoints {sorted(expected - saved)[:5]}; "
+                           "this transformers version keeps other names for tied weights, adapt "
+                           "workbench.models.tied_names")
+
+
+# --------------------------------------------------------------------------- real loss curves (124M)
+CURVE_SETS = {"124m": "curves-124m"}
+PEAK_LRS_124M = (1e-4, 5e-4, 1e-3, 2e-3, 5e-3)
+
+
+def _curve_dir(name: str) -> Path:
+    if name not in CURVE_SETS:
+        raise ValueError(f"unknown curve set {name!r}; choose one of {', '.join(CURVE_SETS)}")
+    d = ASSETS_DIR / CURVE_SETS[name]
+    if not (d / "runs.json").exists():
+        raise FileNotFoundError(f"the bundled curve set {name!r} is missing at {d}; rebuild it with "
+                                "workbench.assets.convert_124m(SOURCE_DIR)")
+    return d
+
+
+def lr_124m(spec: dict, steps) -> "np.ndarray":
+    """The LR of update ``t`` (0-based) of a 124M run, rebuilt from its config (``runs.json`` entry).
+
+    Warmup (``t < W``): ``peak*(t/W + (1-t/W)/100)`` for WSD, a half cosine from ``peak/100`` for cosine;
+    WSD: the peak until ``T - int(frac*T)``, then ``1-s`` (linear) or ``1-sqrt(s)``; cosine from the peak
+    to ``cos_final_lr`` over ``(t-(W-1))/(T-1-(W-1))``. This is the LR the source logs as ``train_lr``
+    at iteration ``t`` (checked in tests/test_assets.py).
+
+    >>> spec = dict(scheduler="wsd", peak_lr=1e-3, total_steps=1000, warmup_steps=100, decay="linear",
+    ...             decay_fraction=0.2, cos_final_lr=0.0)
+    >>> [round(float(v), 8) for v in lr_124m(spec, [0, 100, 800, 900, 1000])]
+    [1e-05, 0.001, 0.001, 0.0005, 0.0]
+    """
+    import numpy as np
+
+    t = np.asarray(steps, dtype=np.float64)
+    p, T, W = float(spec["peak_lr"]), int(spec["total_steps"]), int(spec["warmup_steps"])
+    if spec["scheduler"] == "cos":
+        e1, e2, b = W - 1, T - 1, float(spec["cos_final_lr"])
+        warm = p / 100 + (p - p / 100) / 2 * (1 - np.cos(np.pi * np.clip(t / e1, 0, 1)))
+        pct = np.clip((t - e1) / (e2 - e1), 0, None)
+        main = b + (p - b) / 2 * (np.cos(np.pi * pct) + 1)
+        return np.where(t <= e1, warm, main)
+    start = T - int(float(spec["decay_fraction"]) * T)
+    s = np.clip((t - start) / max(T - start, 1), 0.0, 1.0)
+    cool = 1.0 - s if spec["decay"] == "linear" else 1.0 - np.sqrt(s)
+    out = np.where(t < start, p, p * cool)
+    out = np.where(t < W, p * (t / W + (1 - t / W) / 100), out)
+    return np.where(t >= T, 0.0, out)
+
+
+def curve_specs(name: str = "124m") -> dict:
+    """The runs of a bundled curve set: ``{run name: spec}`` (peak LR, length, schedule, cooldown start)."""
+    import json
+
+    with open(_curve_dir(name) / "runs.json", encoding="utf-8") as f:
+        return json.load(f)["runs"]
+
+
+def _read_points(path: Path):
+    import numpy as np
+
+    lr_steps, lrs, val_steps, vals = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            s, lr, v = line.rstrip("\n").split(",")
+            if lr:
+                lr_steps.append(int(s))
+                lrs.append(float(lr))
+            if v:
+                val_steps.append(int(s))
+                vals.append(float(v))
+    return (np.array(lr_steps, dtype=np.int64), np.array(lrs), np.array(val_steps, dtype=np.int64),
+            np.array(vals))
+
+
+def logged_lrs(run: str, name: str = "124m"):
+    """``(steps, train_lr)`` as logged by the source run (the whole joined curve for a WSD run)."""
+    import numpy as np
+
+    specs = curve_specs(name)
+    spec = specs[run]
+    d = _curve_dir(name)
+    ls, lv, _, _ = _read_points(d / f"{run}.csv")
+    if spec.get("joined_with"):
+        bs, bv, _, _ = _read_points(d / f"{spec['joined_with']}.csv")
+        keep = bs < ls.min()
+        ls, lv = np.concatenate([bs[keep], ls]), np.concatenate([bv[keep], lv])
+    return ls, lv
+
+
+def curves(name: str = "124m", lr: float | None = 1e-3, *, runs: list[str] | None = None,
+           split: str | None = None) -> list:
+    """Real loss curves bundled with the package, as ``workbench.curves.LossCurve`` objects.
+
+    ``"124m"``: 105 runs of a 124M Llama-style model on SlimPajama (Schaipp et al. 2025, MIT; see
+    ``workbench/assets/curves-124m/README.md``): constant, cosine and WSD at peak LRs 1e-4..5e-3,
+    15k-50k steps, validation loss every 200 steps. Each curve is the whole run (a WSD cooldown is
+    joined with the constant run it branched from), with the LR of every step rebuilt from the run's
+    config. ``meta["cooldown_start"]`` is the first step of the decay (``None`` for constant runs;
+    :func:`cooldown_mask` gives the points from there on), ``meta["spec"]`` the config.
+
+    Args:
+        lr: keep the runs of this peak LR (``None``: every peak LR).
+        runs: keep these run names (see :func:`curve_specs`).
+        split: ``"train"`` (the constant run and the 25k-step cosine) or ``"test"`` (the 50k cosine and
+            every WSD run): the forecasting split of the source's reanalysis.
+
+    >>> from workbench import assets
+    >>> tr = assets.curves("124m", lr=1e-3, split="train")
+    >>> [c.name for c in tr], len(assets.curves("124m", lr=1e-3, split="test"))
+    (['constant-50k_lr1e-3', 'cosine-25k_lr1e-3'], 27)
+    """
+    import numpy as np
+
+    from workbench.curves import LossCurve
+
+    specs = curve_specs(name)
+    d = _curve_dir(name)
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+    chosen = []
+    for run, spec in specs.items():
+        if lr is not None and not math.isclose(spec["peak_lr"], lr, rel_tol=1e-6):
+            continue
+        if runs is not None and run not in runs:
+            continue
+        is_train = spec["scheduler"] == "constant" or (spec["scheduler"] == "cos" and spec["total_steps"] == 25000)
+        if split == "train" and not is_train or split == "test" and is_train:
+            continue
+        chosen.append(run)
+    if runs is not None:
+        missing = [r for r in runs if r not in specs]
+        if missing:
+            raise ValueError(f"unknown run(s) {missing} in curve set {name!r}; see assets.curve_specs({name!r})")
+    if not chosen:
+        peaks = sorted({s["peak_lr"] for s in specs.values()})
+        raise ValueError(f"no run of curve set {name!r} matches lr={lr}, runs={runs}, split={split}; "
+                         f"peak LRs available: {peaks}")
+    out = []
+    for run in chosen:
+        spec = specs[run]
+        _, _, vs, vv = _read_points(d / f"{run}.csv")
+        if spec.get("joined_with"):
+            _, _, bs, bv = _read_points(d / f"{spec['joined_with']}.csv")
+            keep = bs < vs.min()
+            vs, vv = np.concatenate([bs[keep], vs]), np.concatenate([bv[keep], vv])
+        T = int(spec["total_steps"])
+        lrs = lr_124m(spec, np.arange(T))
+        meta = {"source": f"assets:{name}/{run}", "spec": spec, "cooldown_start": spec.get("cooldown_start"),
+                "loss_key": "val_loss"}
+        out.append(LossCurve(lrs=lrs, steps=vs, losses=vv, name=run, meta=meta,
+                             warmup_steps=int(spec["warmup_steps"])))
+    return out
+
+
+def cooldown_mask(curve) -> "np.ndarray":
+    """Boolean mask of a bundled curve's points in its decay (all ``False`` for a constant run)."""
+    import numpy as np
+
+    start = curve.meta.get("cooldown_start")
+    if start is None:
+        return np.zeros(len(curve), dtype=bool)
+    return curve.steps >= int(start)
+
+
+def resolve_curve(arg: str):
+    """A ``LossCurve`` for a command-line argument: ``assets:124m/RUN`` or a path (``read_curve``)."""
+    if arg.startswith("assets:"):
+        name, _, run = arg[len("assets:"):].partition("/")
+        if not run:
+            raise ValueError(f"{arg!r}: write a bundled curve as assets:SET/RUN, e.g. assets:124m/cosine-25k_lr1e-3")
+        return curves(name, lr=None, runs=[run])[0]
+    from workbench.curves import read_curve
+
+    return read_curve(arg)
+
+
+def split_args(name: str = "124m", lr: float = 1e-3) -> tuple[list[str], list[str]]:
+    """The forecasting split as ``assets:`` arguments for ``workbench curves fit`` / ``predict``."""
+    tr = [f"assets:{name}/{c.name}" for c in curves(name, lr=lr, split="train")]
+    te = [f"assets:{name}/{c.name}" for c in curves(name, lr=lr, split="test")]
+    return tr, te
+
+
+def _lr_tag(lr: float) -> str:
+    m, e = f"{lr:.0e}".split("e")
+    return f"{m}e{int(e)}"
+
+
+def convert_124m(src: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Convert the published 124M run logs (``curves-124m``: W&B JSON exports) into the compact bundled
+    set: per run a CSV ``step,lr,val_loss`` (the logged ``train_lr`` every 200 steps, the validation loss
+    every 200 steps, in the workbench's step convention: the loss after ``i`` updates is at step
+    ``i-1``; repeated iterations averaged), and ``runs.json`` with every run's config. A WSD log keeps
+    only what it logged (its cooldown, sometimes more); :func:`curves` joins it with the constant run.
+    """
+    import json
+
+    import numpy as np
+
+    from workbench.files import atomic_write_text
+
+    src = Path(src)
+    dst = Path(out) if out is not None else ASSETS_DIR / CURVE_SETS["124m"]
+    dst.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    files = sorted(src.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no run JSON files in {src}")
+
+    def grouped(it, v):
+        it, v = np.asarray(it, dtype=np.int64), np.asarray(v, dtype=np.float64)
+        u, inv = np.unique(it, return_inverse=True)
+        return u, np.bincount(inv, v) / np.bincount(inv)
+
+    for f in files:
+        d = json.loads(f.read_text())
+        c = d["config"]
+        T, peak, frac = int(c["iterations"]), float(c["lr"]), float(c["wsd_fract_decay"])
+        if c["scheduler"] == "cos":
+            kind, run = "cos", f"cosine-{T // 1000}k_lr{_lr_tag(peak)}"
+        elif frac == 0:
+            kind, run = "constant", f"constant-{T // 1000}k_lr{_lr_tag(peak)}"
+        else:
+            kind, run = "wsd", f"wsd-{c['decay_type']}{frac:g}-{T // 1000}k_lr{_lr_tag(peak)}"
+        spec = {"scheduler": "cos" if kind == "cos" else "wsd", "peak_lr": peak, "total_steps": T,
+                "warmup_steps": int(c["warmup_steps"]), "decay": c["decay_type"],
+                "decay_fraction": frac, "cos_final_lr": float(c["cos_final_lr"]),
+                "cooldown_start": (T - int(frac * T)) if kind == "wsd" else (int(c["warmup_steps"]) if kind == "cos"
+                                                                            else None),
+                "source": f.name}
+        if kind == "constant":
+            spec["scheduler"] = "constant"
+        tr, va = d["history"]["train"], d["history"]["val"]
+        ls, lv = grouped(tr["iter"], tr["train_lr"])
+        every = ls % 200 == 0                            # every 4th logged LR: enough to check the rebuild
+        ls, lv = ls[every], lv[every]
+        vs, vv = grouped(va["iter"], va["val_loss"])
+        keep = vs >= 1
+        vs, vv = vs[keep] - 1, vv[keep]                  # loss after i updates = loss at step i-1
+        rows = {}
+        for s, v in zip(ls.tolist(), lv.tolist()):
+            rows.setdefault(int(s), ["", ""])[0] = f"{v:.6g}"
+        for s, v in zip(vs.tolist(), vv.tolist()):
+            rows.setdefault(int(s), ["", ""])[1] = f"{v:.5f}"
+        text = "step,lr,val_loss\n" + "".join(f"{s},{a},{b}\n" for s, (a, b) in sorted(rows.items()))
+        atomic_write_text(dst / f"{run}.csv", text)
+        spec["first_logged_step"] = int(min(ls.min(), vs.min() if vs.size else ls.min()))
+        runs[run] = spec
+    for run, spec in runs.items():
+        if spec["scheduler"] == "wsd" and spec["first_logged_step"] > 0:
+            base = f"constant-50k_lr{_lr_tag(spec['peak_lr'])}"
+            if base not in runs:
+                raise ValueError(f"{run}: its stable part ({base}) is not among the source runs")
+            spec["joined_with"] = base
+    meta = {"format": "workbench.curve_set", "version": 1, "name": "124m",
+            "source": "https://github.com/fabian-sp/lr-scheduling (data/, commit 8ace3a3), MIT",
+            "runs": dict(sorted(runs.items()))}
+    atomic_write_text(dst / "runs.json", json.dumps(meta, indent=1) + "\n")
+    lic = src / "LICENSE"
+    if lic.exists():
+        atomic_write_text(dst / "LICENSE", lic.read_text())
+    return dst
+
+
+def fitted_law(name: str = "124m", law: str = "multipower", lr: float = 1e-3):
+    """The law fitted to a bundled curve set's train split (``curves(name, lr=lr, split="train")``),
+    precomputed by :func:`make_fitted_laws` and read from JSON (no fitting at import or startup).
+
+    >>> f = fitted_law("124m", law="annealing")
+    >>> f.law, f.info["curves"]
+    ('annealing', ['constant-50k_lr1e-3', 'cosine-25k_lr1e-3'])
+    """
+    from workbench.laws import LAWS, FittedLaw
+
+    if law not in LAWS:
+        raise ValueError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
+    path = _curve_dir(name) / f"fit-{law}_lr{_lr_tag(lr)}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no bundled {law} fit for {name} at peak LR {lr} ({path}); make it with "
+                                "workbench.assets.make_fitted_laws()")
+    return FittedLaw.load(path)
+
+
+def make_fitted_laws(name: str = "124m", lr: float = 1e-3) -> list[Path]:
+    """Fit both laws to the train split with the default procedure and bundle the fits as JSON."""
+    from workbench.laws import LAWS, fit
+
+    out = []
+    train = curves(name, lr=lr, split="train")
+    for law in LAWS:
+        f = fit(train, law=law)
+        f.info.pop("time_s", None)
+        f.info.pop("prepare_s", None)
+        path = _curve_dir(name) / f"fit-{law}_lr{_lr_tag(lr)}.json"
+        f.save(path)
+        out.append(path)
+    return out

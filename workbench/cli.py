@@ -54,8 +54,10 @@ _TRAIN_FLAGS = {  # flag dest -> TrainConfig field
     "optimizer_kwargs": "optimizer_kwargs",
     "batch_size": "batch_size", "seq_len": "seq_len", "grad_accum": "grad_accum",
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_batches": "eval_batches",
-    "checkpoint_interval": "checkpoint_interval", "target_val_loss": "target_val_loss",
+    "checkpoint_interval": "checkpoint_interval", "checkpoint_minutes": "checkpoint_minutes",
+    "target_val_loss": "target_val_loss",
     "max_tokens": "max_tokens", "seed": "seed", "device": "device", "compile": "compile", "log": "log",
+    "parallel": "parallel", "activation_checkpointing": "activation_checkpointing",
 }
 _RESUME_FLAGS = ("steps", "device", "compile", "log")
 
@@ -74,9 +76,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (or --resume a run) into a run directory",
         description="Train a model with a learning-rate schedule. A run directory holds one run: "
-                    "config.json, log.jsonl (one line per step), model.safetensors + state.pt "
-                    "(the last checkpoint) and summary.json. Ctrl-C once stops after the current "
-                    "step with a checkpoint; --resume DIR continues it.")
+                    "config.json, log.jsonl (one line per step), checkpoints/ (the last checkpoint, "
+                    "written as one unit), model.safetensors (its weights) and summary.json. Ctrl-C or "
+                    "SIGTERM once stops after the current step with a checkpoint (twice: at once); "
+                    "--resume DIR continues it. One process at a time may train in a run directory.")
     p.add_argument("--run-dir", help="new directory for this run (must not hold a run already)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint "
                    "with its saved configuration (only --steps, --device, --compile may be given)")
@@ -100,12 +103,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off [1.0]")
     p.add_argument("--eval-interval", type=int, help="evaluate every N steps (and at the end) [100]")
     p.add_argument("--eval-batches", type=int, help="validation batches per evaluation [20]")
-    p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps (and at the end) [500]")
+    p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N steps (and at the end); 0: only "
+                   "by time [a tenth of --steps, at most 500]")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint after this much wall time; 0: off [10]")
     p.add_argument("--target-val-loss", type=float, help="report the train time until val loss reaches this")
     p.add_argument("--max-tokens", type=int, help="use only the first N tokens of the data")
     p.add_argument("--seed", type=int, help="seed for weights and data order [0]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--parallel", choices=("auto", "none", "ddp", "fsdp"),
+                   help="under torchrun: ddp (replicas) or fsdp (FSDP2: parameters, gradients and optimizer "
+                        "state sharded over the ranks, sharded checkpoints) [auto: ddp under torchrun]")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="with --parallel fsdp: recompute each block's activations in the backward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log", metavar="SINKS", help="also write the run for tensorboard and/or wandb (comma-separated; "
                                                   "HF tag names, next to log.jsonl, W&B offline)")
@@ -146,29 +156,18 @@ def _train(args: argparse.Namespace) -> int:
             schedule = schedules.load_schedule(schedule).to_dict()
         config = tr.TrainConfig(run_dir=args.run_dir, schedule=schedule, progress=not args.no_progress, **given)
     trainer = tr.Trainer(config, resume=bool(args.resume), stop_event=stop)
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: abort
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
-        stop.set()
-
-    previous = None
-    if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    try:   # SIGINT/SIGTERM: the trainer stops after its step with a checkpoint (workbench.interrupts)
         summary = trainer.run()
     except tr.TrainingDiverged as exc:
         print(f"workbench train: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if trainer.is_main:
         print(_format_runs([summary]))
-        if summary["status"] == "stopped" or summary["steps"] < summary["total_steps"]:
+        if summary["status"] in ("stopped", "interrupted") or summary["steps"] < summary["total_steps"]:
             print(f"continue with: workbench train --resume {config.run_dir}"
-                  + (" --steps N" if summary["status"] != "stopped" else ""))
+                  + (" --steps N" if summary["status"] == "completed" else ""), flush=True)
+    if trainer.interrupted_by:
+        return 128 + int(getattr(signal, trainer.interrupted_by))
     return 0
 
 
@@ -184,6 +183,8 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
 def _fmt(value, kind: str = "") -> str:
     if value is None:
         return "-"
+    if kind and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return str(value)[:40]          # a hand-edited summary.json: show it as it is
     if kind == "int":
         return f"{int(value):,}"
     if kind == "time":
@@ -195,10 +196,16 @@ def _fmt(value, kind: str = "") -> str:
     return str(value)
 
 
+def _status_text(s: dict) -> str:
+    from workbench.train import status_text
+
+    return status_text(s)
+
+
 def _format_runs(summaries: list[dict]) -> str:
     rows = [
         ("run", lambda s: _fmt(s.get("run_dir"))),
-        ("status", lambda s: _fmt(s.get("status"))),
+        ("status", _status_text),
         ("model", lambda s: _fmt(s.get("model"))),
         ("steps", lambda s: f"{_fmt(s.get('steps'), 'int')} / {_fmt(s.get('total_steps'), 'int')}"),
         ("tokens", lambda s: _fmt(s.get("tokens"), "int")),
@@ -245,13 +252,32 @@ def _add_assets(sub: argparse._SubParsersAction) -> None:
     mk.set_defaults(func=_assets_make)
 
 
+def _for_people(value) -> str:
+    """A setting as a person writes it: floats to 4 significant digits (3e-4/10 -> 0.0003), lists itemwise."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_for_people(v) for v in value) + "]"
+    if isinstance(value, dict) and "family" in value:
+        return _schedule_for_people(value)
+    return repr(value)
+
+
+def _schedule_for_people(spec: dict) -> str:
+    """``cosine(peak_lr=0.003, total_steps=1000, warmup_steps=50, min_lr=0.0003)``: unset (None) fields left out."""
+    args = ", ".join(f"{k}={_for_people(v)}" for k, v in spec.items() if k != "family" and v is not None)
+    return f"{spec['family']}({args})"
+
+
 def _assets_list(args: argparse.Namespace) -> int:
     from workbench import assets
 
     for name in assets.RUNS:
         try:
             d = assets.run_dir(name)
-            print(f"run {name:10s} {d}  {assets.RUNS[name].to_python()}")
+            print(f"run {name:10s} {d}  {_schedule_for_people(assets.RUNS[name].to_dict())}")
         except FileNotFoundError:
             print(f"run {name:10s} missing (workbench assets make --only {name})")
     try:
@@ -274,10 +300,16 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curves", help="fit loss-curve laws to runs and predict other schedules",
                        description="Fit the annealing or multi-power loss law jointly to training curves "
                                    "(CSV step,lr,loss; run logs .jsonl or run directories; W&B .json; "
-                                   "TensorBoard event files) and score its predictions on other runs.")
+                                   "TensorBoard event files; HF, Lightning and W&B folders; bundled real curves as "
+                                   "assets:124m/RUN) and score its predictions on other runs. The 124M split: "
+                                   "`workbench curves fit --split 124m --out fit.json` then "
+                                   "`workbench curves predict fit.json --split 124m`.")
     csub = p.add_subparsers(dest="curves_cmd", required=True, metavar="{fit,predict,show}")
     f = csub.add_parser("fit", help="fit a law to one or more loss curves, write FIT.json")
-    f.add_argument("train", nargs="+", metavar="TRAIN", help="loss logs with different schedules")
+    f.add_argument("train", nargs="*", metavar="TRAIN",
+                   help="loss logs with different schedules (or assets:124m/RUN for a bundled real curve)")
+    f.add_argument("--split", choices=("124m",), help="fit the train split of a bundled curve set (with --lr)")
+    f.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
     f.add_argument("--law", choices=("annealing", "multipower"), default="multipower", help="[multipower]")
     f.add_argument("--out", required=True, metavar="FIT.json", help="where to write the fitted law")
     _add_reader_flags(f)
@@ -289,7 +321,11 @@ def _add_curves(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_curves_fit)
     pr = csub.add_parser("predict", help="score a fitted law's predictions on other loss curves")
     pr.add_argument("fit", metavar="FIT.json", help="written by `workbench curves fit`")
-    pr.add_argument("test", nargs="+", metavar="TEST", help="loss logs to predict")
+    pr.add_argument("test", nargs="*", metavar="TEST", help="loss logs to predict (or assets:124m/RUN)")
+    pr.add_argument("--split", choices=("124m",), help="predict the test split of a bundled curve set (with --lr)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="peak LR of the bundled split [1e-3]")
+    pr.add_argument("--band", type=float, default=0.9, metavar="LEVEL",
+                    help="report how often the calibrated LEVEL band holds the measured loss [0.9]")
     _add_reader_flags(pr)
     pr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     pr.set_defaults(func=_curves_predict)
@@ -374,10 +410,22 @@ def _curves_show(args: argparse.Namespace) -> int:
 _METRICS = ("r2", "mae", "rmse", "pred_err", "worst_err")
 
 
-def _curves_fit(args: argparse.Namespace) -> int:
-    from workbench import curves, laws
+def _curve_args(args: argparse.Namespace, paths: list[str], part: str) -> list:
+    from workbench import assets, curves
 
-    train = [_read_curve_arg(args, path) for path in args.train]
+    if args.split:
+        if paths:
+            raise ValueError(f"give either --split or {part.upper()} curves, not both")
+        return assets.curves(args.split, lr=args.lr, split=part)
+    if not paths:
+        raise ValueError(f"no {part} curves: give loss logs (or assets:124m/RUN), or --split 124m")
+    return [assets.resolve_curve(p) if p.startswith("assets:") else _read_curve_arg(args, p) for p in paths]
+
+
+def _curves_fit(args: argparse.Namespace) -> int:
+    from workbench import laws
+
+    train = _curve_args(args, args.train, "train")
     fitted = laws.fit(train, law=args.law, lam=None if args.fit_lam else args.lam, seed=args.seed,
                       validate=False if args.no_validate else None)
     fitted.save(args.out)
@@ -392,6 +440,11 @@ def _curves_fit(args: argparse.Namespace) -> int:
         chosen = val["chosen_max_nfev"]
         print("  leave-one-curve-out validation: " + ("fit to convergence" if chosen == "converged"
                                                       else f"early stopping after {chosen} evaluations"))
+    cal = info.get("calibration") or {}
+    if cal.get("scale") is not None:
+        print(f"  band: {cal['method']}, relative scale {100 * cal['scale']:.3f}%")
+    for w in fitted.warnings:
+        print(f"  warning: {w}")
     print(f"wrote {args.out}")
     return 0
 
@@ -401,25 +454,45 @@ def _curves_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from workbench import curves, laws
+    from workbench import assets, laws
 
     fitted = laws.FittedLaw.load(args.fit)
-    rows, preds, ys = [], [], []
-    for path in args.test:
-        c = _read_curve_arg(args, path)
+    if not 0 < args.band < 1:
+        raise ValueError(f"--band must be in (0, 1), got {args.band}")
+    test = _curve_args(args, args.test, "test")
+    rows, preds, ys, cool, inside = [], [], [], [], []
+    for c in test:
+        label = c.name if (args.split or c.meta.get("source", "").startswith("assets:")) else c.meta.get("source", c.name)
         keep = c.steps >= c.warmup
         if not keep.any():
-            raise ValueError(f"{path}: no losses after the warmup ({c.warmup} steps) to score")
-        pred = fitted.predict(c.lrs, c.steps[keep], warmup_steps=c.warmup)
-        m = laws.metrics(pred, c.losses[keep])
-        rows.append({"file": path, **{k: m[k] for k in _METRICS}, "_n": m["n"]})
+            raise ValueError(f"{label}: no losses after the warmup ({c.warmup} steps) to score")
+        y = c.losses[keep]
+        if fitted.cov is not None:
+            pred, lo, hi = fitted.predict(c.lrs, c.steps[keep], band=True, level=args.band, warmup_steps=c.warmup)
+            inside.append((y >= lo) & (y <= hi))
+        else:
+            pred = fitted.predict(c.lrs, c.steps[keep], warmup_steps=c.warmup)
+        m = laws.metrics(pred, y)
+        row = {"file": label, **{k: m[k] for k in _METRICS}, "_n": m["n"]}
+        if c.meta.get("cooldown_start") is not None:
+            cm = assets.cooldown_mask(c)[keep]
+            if cm.any():
+                row["cooldown_pred_err"] = float(np.mean(np.abs(pred[cm] - y[cm]) / y[cm]))
+                cool.append((pred[cm], y[cm]))
+        rows.append(row)
         preds.append(pred)
-        ys.append(c.losses[keep])
+        ys.append(y)
     pooled = laws.metrics(np.concatenate(preds), np.concatenate(ys))
     overall = {k: pooled[k] for k in _METRICS}
+    if cool:
+        pc, yc = np.concatenate([a for a, _ in cool]), np.concatenate([b for _, b in cool])
+        overall["cooldown_pred_err"] = float(np.mean(np.abs(pc - yc) / yc))
+    if inside:
+        overall["band_level"] = args.band
+        overall["band_coverage"] = float(np.mean(np.concatenate(inside)))
     if args.json:
         clean = [{k: v for k, v in r.items() if k != "_n"} for r in rows]
-        print(json.dumps(laws._json_safe({"curves": clean, "overall": overall})))
+        print(json.dumps(laws._json_safe({"curves": clean, "overall": overall, "warnings": fitted.warnings})))
         return 0
     head = ["file", "points", "r2", "mae", "rmse", "mean err %", "worst err %"]
     cells = [head] + [[r["file"], str(r["_n"]), f"{r['r2']:.5f}", f"{r['mae']:.5f}", f"{r['rmse']:.5f}",
@@ -428,8 +501,15 @@ def _curves_predict(args: argparse.Namespace) -> int:
                   f"{overall['rmse']:.5f}", f"{100 * overall['pred_err']:.3f}", f"{100 * overall['worst_err']:.3f}"])
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     print(f"{fitted.law} law from {args.fit}")
+    for w in fitted.warnings:
+        print(f"  warning: {w}")
     for row in cells:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    if "cooldown_pred_err" in overall:
+        print(f"cooldown points only: mean err {100 * overall['cooldown_pred_err']:.3f}%")
+    if "band_coverage" in overall:
+        print(f"{100 * args.band:g}% band ({(fitted.info.get('calibration') or {}).get('method', 'laplace')}) holds "
+              f"{100 * overall['band_coverage']:.1f}% of the measured losses")
     return 0
 
 
@@ -638,15 +718,32 @@ def _select(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the classroom dashboard: schedule, training, data selection, sparsity",
-                       description="Serve the dashboard (a panel app) on localhost. Students open the printed "
-                                   "address; everything they save goes under --run-dir.")
+                       description="Serve the dashboard (a panel app). It prints the address to open, with "
+                                   "its token (like JupyterLab); everything students save goes under "
+                                   "--run-dir. Websocket origins are always checked.")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--run-dir", default="workbench-runs",
                    help="workspace directory for schedules, runs, fits, selections and diffs")
     p.add_argument("--address", default="localhost",
                    help="interface to listen on (default localhost; 0.0.0.0 to let a classroom network in)")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--token", default=None, help="the token students need (default: a random one, printed)")
+    tok.add_argument("--no-token", action="store_true",
+                     help="no token: anyone who reaches the address may use it (a trusted lab only)")
+    adm = p.add_mutually_exclusive_group()
+    adm.add_argument("--admin", action="store_true",
+                     help="also print a teacher address (random admin token) whose holder may stop any run")
+    adm.add_argument("--admin-token", default=None, help="the teacher's admin token (implies --admin)")
     p.add_argument("--allow-origin", action="append", default=None, metavar="HOST:PORT",
-                   help="extra websocket origin to accept (repeatable), e.g. my-laptop.local:5006")
+                   help="extra websocket origin to accept (repeatable, exact host; no wildcards), "
+                        "e.g. my-laptop.local:5006")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="training runs at once; more wait in a queue (default: the number of cores)")
+    p.add_argument("--data-dir", action="append", default=None, metavar="DIR",
+                   help="a folder whose checkpoints the Sparsity tab may read (repeatable); besides it "
+                        "only the workspace's runs and the bundled model are readable")
+    p.add_argument("--no-resume", action="store_true",
+                   help="do not continue runs a crash or restart interrupted (default: resume them)")
     p.set_defaults(func=_serve)
 
 
@@ -655,14 +752,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    kwargs = {}
-    if args.allow_origin:
-        kwargs["websocket_origin"] = [f"localhost:{args.port}", f"127.0.0.1:{args.port}", *args.allow_origin]
-    elif args.address not in ("localhost", "127.0.0.1"):
-        kwargs["websocket_origin"] = "*"
-    print(f"workbench dashboard: http://{args.address}:{args.port}/  (workspace {args.run_dir}); Ctrl-C stops it",
-          flush=True)
-    serve(port=args.port, run_dir=args.run_dir, address=args.address, **kwargs)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ValueError(f"--max-runs must be at least 1, got {args.max_runs}")
+    token = None if args.no_token else (args.token if args.token is not None else True)
+    admin = args.admin_token if args.admin_token is not None else (True if args.admin else None)
+    serve(port=args.port, run_dir=args.run_dir, address=args.address, token=token, admin_token=admin,
+          allow_origin=args.allow_origin or (), max_runs=args.max_runs, data_dirs=args.data_dir or (),
+          resume_runs=not args.no_resume)
     return 0
 
 
@@ -870,8 +966,60 @@ def _optim_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare corpora bigger than memory as memory-mapped token shards")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,info}")
+    pr = dsub.add_parser("prepare", help="tokenise a local corpus once into token shards (train with --data OUT)")
+    pr.add_argument("data", metavar="PATH_OR_DATASET",
+                    help="a .txt/.json/.jsonl/.csv/.parquet file or folder of them, a folder saved with "
+                         "datasets' save_to_disk, or a built-in corpus name (stdlib, docs)")
+    pr.add_argument("--out", required=True, help="the folder to create")
+    pr.add_argument("--tokenizer", default="byte", help="byte, bpe or a tokenizer.json path [byte]")
+    pr.add_argument("--text-column", default="text", help="column holding the text in json/csv/parquet [text]")
+    pr.add_argument("--num-proc", type=int, default=None, help="tokenising processes [one per core]")
+    pr.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file [268435456]")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_data_prepare)
+    info = dsub.add_parser("info", help="what a prepared folder holds")
+    info.add_argument("dir", metavar="DIR")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(func=_data_info)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from workbench.data.shards import prepare_shards
+
+    m = prepare_shards(args.data, args.out, tokenizer=args.tokenizer, num_proc=args.num_proc,
+                       text_column=args.text_column, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    _print_manifest(args.out, m)
+    print(f"train on it with: workbench train --data {args.out}"
+          + ("" if m["tokenizer"] == "byte" else f" --tokenizer {args.out}/{m.get('tokenizer_file', '?')}"))
+    return 0
+
+
+def _print_manifest(path: str, m: dict) -> None:
+    print(f"{path}: tokenizer {m['tokenizer']} (vocab {m['vocab_size']:,}, {m['dtype']}), source {m['source']}")
+    for split, s in m["splits"].items():
+        size = s["tokens"] * (1 if m["dtype"] == "uint8" else 2 if m["dtype"] == "uint16" else 4)
+        print(f"  {split:5s} {s['tokens']:>15,} tokens  {s['documents']:>12,} documents  "
+              f"{len(s['shards'])} shard(s), {size / 2**20:,.1f} MiB")
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from workbench.data.shards import read_manifest
+
+    m = read_manifest(args.dir)
+    if args.json:
+        print(json.dumps(m, indent=1))
+    else:
+        _print_manifest(args.dir, m)
+    return 0
+
+
 COMMANDS = [_add_schedule, _add_train, _add_runs, _add_assets, _add_curves, _add_sparsity,
-            _add_angles, _add_select, _add_serve, _add_continual, _add_optim]
+            _add_angles, _add_select, _add_serve, _add_continual, _add_optim, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -885,14 +1033,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of a known error, on one line (an OSError names its file)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        what = {IsADirectoryError: "is a directory; give a file path",
+                NotADirectoryError: "a part of this path is not a directory",
+                PermissionError: "permission denied; choose a path you can write/read",
+                FileNotFoundError: "does not exist"}.get(type(exc), exc.strerror)
+        return f"{exc.filename}: {what}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def _known_errors() -> tuple:
+    from workbench.runlock import RunLocked
+
+    return (ValueError, OSError, RunLocked, OverflowError, MemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; known errors (bad input, a busy run dir, a bad file) print one line and return 2.
+
+    Anything else is a bug: one line saying so (``WORKBENCH_TRACEBACK=1`` shows the traceback), exit 1.
+    Ctrl-C outside a training run returns 130 without a traceback.
+    """
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"workbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("WORKBENCH_TRACEBACK"):
+            raise
+        if isinstance(exc, _known_errors()):
+            print(f"workbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"workbench {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug; "
+              "please report it - WORKBENCH_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

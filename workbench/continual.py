@@ -572,6 +572,7 @@ def make_trainer(config: ContinualConfig, run_dir: str | os.PathLike | None = No
             for name in _RUN_FILES:
                 if os.path.exists(os.path.join(run_dir, name)):
                     os.remove(os.path.join(run_dir, name))
+            shutil.rmtree(os.path.join(run_dir, ckpt.CHECKPOINTS_DIR), ignore_errors=True)
         os.makedirs(run_dir, exist_ok=True)
         write_json_atomic(path, config.to_dict())
     source = make_source(config, train_blocks)

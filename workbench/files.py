@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Callable
@@ -21,6 +22,8 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes"]
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` to fill a temp file, fsync it and move it onto ``path``."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file path (e.g. a name inside it)", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))

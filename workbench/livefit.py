@@ -43,6 +43,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,94 @@ from workbench.curves import LossCurve
 from workbench.laws import FittedLaw, fit
 from workbench.schedules import Schedule
 
-__all__ = ["LiveFit"]
+__all__ = ["LiveFit", "Forecast", "forecast"]
+
+LEVEL = 0.9     # the band's level wherever a forecast is shown
+
+
+@dataclass
+class Forecast:
+    """What may be shown of a law's prediction for a schedule (see :func:`forecast`).
+
+    ``mean``/``low``/``high`` hold NaN where nothing may be shown (a loss at or below 0 or below
+    the fit's floor, or a band wider than the loss itself); ``problems`` says why points are
+    hidden or why the whole prediction is out of the fit's domain (then a view greys it out);
+    ``warnings`` are the fit's own (:attr:`FittedLaw.warnings`).
+    """
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    hidden: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the prediction is inside the fit's domain and every point may be shown."""
+        return not self.problems
+
+    @property
+    def final(self) -> float | None:
+        """The predicted loss at the last requested step, or None when it may not be shown."""
+        v = float(self.mean[-1]) if self.mean.size else float("nan")
+        return v if np.isfinite(v) else None
+
+    def shown(self, values: np.ndarray | None = None) -> list:
+        """``values`` (default ``mean``) as a list with None where nothing may be shown (for plots)."""
+        v = self.mean if values is None else values
+        return [float(x) if np.isfinite(x) else None for x in v]
+
+
+def forecast(fitted: FittedLaw, schedule, steps=None, *, band: bool = False,
+             level: float = LEVEL) -> Forecast:
+    """A law's prediction for ``schedule`` (a Schedule or a LossCurve) as a view may show it: never a loss at or below 0 or
+    below the fit's floor, never a band wider than the loss; with the reasons (the fit's
+    :meth:`~workbench.laws.FittedLaw.check_domain` and these) and the fit's warnings.
+
+    Example:
+        >>> from workbench import laws, schedules
+        >>> from workbench.curves import LossCurve
+        >>> s = schedules.cosine(peak_lr=1e-3, total_steps=2000, warmup_steps=100)
+        >>> steps = np.arange(100, 2000, 20)
+        >>> y = laws.annealing(s, steps, L0=2.0, A=0.6, alpha=0.5, C=0.4)
+        >>> f = laws.fit([LossCurve(s.lrs(), steps, y, name="cosine", warmup_steps=100)], law="annealing")
+        >>> fc = forecast(f, s, [1999])
+        >>> fc.ok, abs(fc.final - float(y[-1])) < 0.01
+        (True, True)
+        >>> far = forecast(f, schedules.constant(peak_lr=0.1, total_steps=200_000, warmup_steps=100))
+        >>> far.ok, len(far.problems) > 0            # far outside the data: greyed, with the reasons
+        (False, True)
+    """
+    if steps is None:
+        n = schedule.total_steps if hasattr(schedule, "total_steps") else len(schedule)
+        q = np.arange(int(n))
+    else:
+        q = np.asarray(steps, dtype=np.int64)
+    problems = list(fitted.check_domain(schedule, level=level))
+    low = high = None
+    if band:
+        mean, low, high = (np.asarray(a, dtype=np.float64) for a in fitted.predict(schedule, q, band=True, level=level))
+    else:
+        mean = np.asarray(fitted.predict(schedule, q), dtype=np.float64)
+    floor = float(fitted.floor)
+    bad = ~np.isfinite(mean) | (mean <= 0) | (mean < floor)
+    said = " ".join(problems)
+    if bad.any() and "negative loss" not in said and "irreducible loss" not in said:
+        i = int(np.argmax(bad))
+        problems.append(f"the law predicts a loss below its fitted floor L0 = {floor:.4g} (or 0) from step {int(q[i])} "
+                        f"on ({int(bad.sum())} of {bad.size} points): not shown")
+    if band:
+        wide = ~bad & ((high - low) > np.abs(mean))
+        if wide.any() and "wider than the loss" not in said:
+            problems.append(f"the {level:.0%} band is wider than the loss itself at {int(wide.sum())} of "
+                            f"{wide.size} points: not shown")
+        bad |= wide
+        low, high = np.where(bad, np.nan, low), np.where(bad, np.nan, high)
+    mean = np.where(bad, np.nan, mean)
+    return Forecast(steps=q, mean=mean, low=low, high=high, problems=list(dict.fromkeys(problems)),
+                    warnings=list(getattr(fitted, "warnings", []) or []), hidden=int(bad.sum()))
 
 
 class LiveFit:
@@ -276,9 +364,21 @@ class LiveFit:
             self.refit(force=True)
         if self.fitted is None:
             c = self.curve()
-            raise ValueError(f"no fit yet: {self._n_points(c)} points after warmup, need {self.min_points}"
-                             + (f" ({self.last_error})" if self.last_error else ""))
+            raise ValueError(self.waiting_reason(c))
         return self.fitted
+
+    def waiting_reason(self, c: LossCurve | None = None) -> str:
+        """Why there is no fit yet, in words for the screen."""
+        c = self.curve() if c is None else c
+        n, w = self._n_points(c), self.schedule.warmup
+        text = f"fit needs {self.min_points} points after warmup (step {w}); {n} so far"
+        if self._last_step >= 0 and self._last_step < w:
+            text += f" (the run is at step {self._last_step}, still in warmup)"
+        return text + (f" ({self.last_error})" if self.last_error else "")
+
+    def forecast(self, steps=None, *, level: float = LEVEL) -> Forecast:
+        """The fit's prediction with its band as a view may show it (see :func:`forecast`)."""
+        return forecast(self._need_fit(), self.schedule, steps, band=True, level=level)
 
     def predict(self, steps=None, *, band: bool = False):
         """Predicted loss at ``steps`` (default: every step of the schedule); ``band=True`` gives
@@ -320,20 +420,28 @@ class LiveFit:
             return None
         return max(0, step - self._last_step) * rate
 
-    def report(self) -> dict[str, Any]:
-        """A summary: last step, points, predicted final loss with its 95% band, target step/time."""
+    def report(self, level: float = LEVEL) -> dict[str, Any]:
+        """A summary: last step, points, predicted final loss with its ``level`` band, target step/time.
+
+        ``forecast`` is True only when the final loss may be shown; otherwise ``final_loss`` and its
+        band are None and ``reason`` says why (no fit yet, a loss below the fit's floor or 0, a band
+        wider than the loss, or a schedule outside the fit's domain); ``warnings`` are the fit's."""
         out: dict[str, Any] = {"law": self.law, "step": self._last_step, "final_step": int(self.lrs.size - 1),
                                "loss_key": self._key(), "points": self._n_points(self.curve()), "fitted": False,
-                               "refits": self.refits, "target_loss": self.target_loss,
-                               "s_per_step": self.seconds_per_step()}
+                               "forecast": False, "final_loss": None, "final_low": None, "final_high": None,
+                               "refits": self.refits, "target_loss": self.target_loss, "level": level,
+                               "s_per_step": self.seconds_per_step(), "warnings": []}
         try:
             f = self._need_fit()
         except ValueError as exc:
             out["reason"] = str(exc)
             return out
-        mean, lo, hi = f.predict(self.schedule, [self.lrs.size - 1], band=True)
-        out.update(fitted=True, params=dict(f.params), final_loss=float(mean[0]), final_low=float(lo[0]),
-                   final_high=float(hi[0]))
+        fc = forecast(f, self.schedule, [self.lrs.size - 1], band=True, level=level)
+        out.update(fitted=True, params=dict(f.params), warnings=fc.warnings)
+        if fc.final is None or fc.problems:
+            out["reason"] = "; ".join(fc.problems)
+            return out
+        out.update(forecast=True, final_loss=fc.final, final_low=float(fc.low[-1]), final_high=float(fc.high[-1]))
         if self.target_loss is not None:
             out["step_to_target"] = self.step_to(self.target_loss)
             out["time_to_target"] = self.time_to(self.target_loss)

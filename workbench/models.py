@@ -143,9 +143,17 @@ def _from_config(config):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        return _causal_loss(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
     except (ValueError, ImportError):  # architecture without SDPA support
-        return AutoModelForCausalLM.from_config(config)
+        return _causal_loss(AutoModelForCausalLM.from_config(config))
+
+
+def _causal_loss(model):
+    """Name the loss of causal LMs whose class name transformers cannot map to one (``GPT2LMHeadModel``), which
+    otherwise warns "`loss_type=None` was set in the config but it is unrecognized" at the first loss."""
+    if getattr(model, "loss_type", "") is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def _is_model_dir(path) -> bool:
@@ -207,10 +215,46 @@ def _load_dir(path: Path, vocab_size, seed, max_seq_len, overrides):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                        attn_implementation="sdpa", **overrides)
+            return _causal_loss(AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                                     attn_implementation="sdpa", **overrides))
         except (ValueError, ImportError):
-            return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **overrides)
+            return _causal_loss(AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **overrides))
+
+
+def tied_names(model_or_state) -> dict[str, str]:
+    """Tied tensors: ``{alias: kept name}``, the kept name being the first of its group in ``state_dict`` order.
+
+    ``model_or_state`` is an ``nn.Module`` (groups by parameter/buffer identity, so it works on the
+    ``meta`` device too) or a state dict (groups entries that are the same view of one storage). The
+    kept name is the one ``transformers``' ``save_pretrained`` keeps for tied input/output embeddings
+    (e.g. ``model.embed_tokens.weight``, alias ``lm_head.weight``), so checkpoints written with it
+    and the bundled pretrained model name their tensors alike.
+
+    Example::
+
+        >>> from workbench.models import build_model, tied_names
+        >>> tied_names(build_model("tiny"))
+        {'lm_head.weight': 'model.embed_tokens.weight'}
+        >>> tied_names(build_model("tiny").state_dict())
+        {'lm_head.weight': 'model.embed_tokens.weight'}
+    """
+    if isinstance(model_or_state, torch.nn.Module):
+        pairs = list(model_or_state.named_parameters(remove_duplicate=False))
+        pairs += list(model_or_state.named_buffers(remove_duplicate=False))
+        order = {n: i for i, n in enumerate(model_or_state.state_dict(keep_vars=True))}
+        pairs = sorted(((n, t) for n, t in pairs if n in order), key=lambda nt: order[nt[0]])
+        keys = [(n, id(t)) for n, t in pairs]
+    else:
+        keys = [(n, (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                     t.dtype)) for n, t in model_or_state.items()
+                if isinstance(t, torch.Tensor) and t.numel() and t.device.type != "meta"]
+    first, out = {}, {}
+    for name, key in keys:
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
 
 
 def count_parameters(model, exclude_embeddings: bool = False) -> int:

@@ -148,9 +148,16 @@ def latest_per_step(records: Iterable[dict]) -> list[dict]:
     [{'step': 0, 'loss': 3}, {'step': 1, 'loss': 2}]
     """
     by_step: dict[int, dict] = {}
+    bad = 0
     for rec in records:
         if "step" in rec:
-            by_step[int(rec["step"])] = rec
+            step = rec["step"]
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+                bad += 1          # not a step number: a hand-edited or foreign line
+                continue
+            by_step[int(step)] = rec
+    if bad:
+        warnings.warn(f"skipped {bad} log records whose 'step' is not an integer", RuntimeWarning, stacklevel=2)
     return [by_step[k] for k in sorted(by_step)]
 
 

@@ -43,6 +43,12 @@ __all__ = [
 ]
 
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "1-square", "exponential", "wsdsc")
+#: the longest horizon a schedule may have (far beyond any real run; refuses 1e12-step typos early)
+MAX_TOTAL_STEPS = 10**9
+#: ``lrs()`` refuses to allocate a per-step array longer than this (800 MB of float64)
+MAX_LRS_STEPS = 10**8
+#: how deeply ``join``/``rewarm`` dicts may nest in a SPEC
+MAX_SPEC_DEPTH = 32
 WARMUP_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
@@ -63,8 +69,10 @@ def _check_number(name: str, value: Any, *, low: float | None = 0.0, high: float
 
 
 def _check_int(name: str, value: Any, *, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer():
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
             value = int(value)
         else:
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
@@ -85,7 +93,7 @@ def _check_lrs(peak_lr: Any, min_lr: Any) -> tuple[float, float]:
 
 
 def _check_warmup(warmup_steps: Any, total_steps: Any) -> tuple[int, int]:
-    total = _check_int("total_steps", total_steps, low=1)
+    total = _check_int("total_steps", total_steps, low=1, high=MAX_TOTAL_STEPS)
     warm = _check_int("warmup_steps", warmup_steps, low=0)
     if warm >= total:
         raise ValueError(f"warmup_steps must be in [0, total_steps={total}), got {warm}")
@@ -172,6 +180,10 @@ class Schedule:
         Schedules are immutable, so the horizon's array is computed once and kept; each call returns
         a fresh copy of it (a designer redraw asks several times; copying is ~100x cheaper).
         """
+        n = self.total_steps if total_steps is None else _check_int("total_steps", total_steps, low=1)
+        if n > MAX_LRS_STEPS:
+            raise ValueError(f"an LR array of {n:,} steps would take {8 * n / 2**30:.1f} GiB; evaluate the "
+                             f"schedule at the steps you need instead (sched(steps)); at most {MAX_LRS_STEPS:,}")
         if total_steps is None or total_steps == self.total_steps:
             cached = self.__dict__.get("_lrs_cache")
             if cached is None:
@@ -376,10 +388,13 @@ class WSD(Schedule):
     decay: str = "linear"
     warmup_shape: str = "linear"
     num_cycles: float = 0.5
+    warmup_start_lr: float | None = None
 
     def __post_init__(self):
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
         w, n = _check_warmup(self.warmup_steps, self.total_steps)
+        if self.warmup_start_lr is not None:
+            _check_number("warmup_start_lr", self.warmup_start_lr, low=0.0, high=peak)
         _check_shape("decay", self.decay, DECAY_SHAPES)
         _check_shape("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
         _check_number("num_cycles", self.num_cycles, low=0.0, strict_low=True)
@@ -417,7 +432,7 @@ class WSD(Schedule):
             p = 0.5 * (1.0 - np.cos(np.pi * p))
         elif self.warmup_shape == "1-sqrt":
             p = 1.0 - np.sqrt(1.0 - p)
-        r = self.min_lr / self.peak_lr
+        r = (self.min_lr if self.warmup_start_lr is None else self.warmup_start_lr) / self.peak_lr
         return np.where(t < w, self.peak_lr * (p * (1.0 - r) + r), out)
 
 
@@ -594,7 +609,8 @@ class Piecewise(Schedule):
         object.__setattr__(self, "points", tuple(zip(steps, lrs)))
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", steps[-1] + 1)
-        _check_int("total_steps", self.total_steps, low=1)
+        object.__setattr__(self, "total_steps", _check_int("total_steps", self.total_steps, low=1,
+                                                           high=MAX_TOTAL_STEPS))
 
     @property
     def peak_lr(self) -> float:
@@ -629,7 +645,7 @@ class Refined(Schedule):
         _check_number("window_fraction", self.window_fraction, low=0.0, high=1.0)
         if self.total_steps is None:
             object.__setattr__(self, "total_steps", int(g.size))
-        _check_int("total_steps", self.total_steps, low=2)
+        _check_int("total_steps", self.total_steps, low=2, high=MAX_LRS_STEPS)
         object.__setattr__(self, "_table", _refine(g, int(self.total_steps), self.method,
                                                    float(self.window_fraction)) * float(self.peak_lr))
 
@@ -663,7 +679,8 @@ class Join(Schedule):
         scheds = tuple(s if isinstance(s, Schedule) else schedule_from_dict(s) for s in self.schedules)
         if not scheds:
             raise ValueError("join needs at least one schedule")
-        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1) for i, b in enumerate(self.boundaries))
+        bounds = tuple(_check_int(f"boundaries[{i}]", b, low=1, high=MAX_TOTAL_STEPS)
+                       for i, b in enumerate(self.boundaries))
         if len(bounds) != len(scheds) - 1:
             raise ValueError(f"join needs len(boundaries) == len(schedules) - 1, got {len(bounds)} "
                              f"boundaries for {len(scheds)} schedules")
@@ -718,7 +735,7 @@ class Rewarm(Schedule):
         prev = self.previous if isinstance(self.previous, Schedule) else schedule_from_dict(self.previous)
         object.__setattr__(self, "previous", prev)
         peak, low = _check_lrs(self.peak_lr, self.min_lr)
-        n = _check_int("cycle_steps", self.cycle_steps, low=1)
+        n = _check_int("cycle_steps", self.cycle_steps, low=1, high=MAX_TOTAL_STEPS)
         w = _check_int("warmup_steps", self.warmup_steps, low=0)
         s = _check_int("stable_steps", self.stable_steps, low=0)
         if w + s >= n:
@@ -727,7 +744,7 @@ class Rewarm(Schedule):
         if self.decay == "exponential" and low <= 0:
             raise ValueError("decay='exponential' needs min_lr > 0; set min_lr or pick another decay shape")
         if self.start_step is not None:
-            _check_int("start_step", self.start_step, low=1)
+            _check_int("start_step", self.start_step, low=1, high=MAX_TOTAL_STEPS)
 
     @property
     def start(self) -> int:
@@ -798,21 +815,23 @@ def inverse_sqrt(*, peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 def wsd(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
         decay_steps: int | None = None, decay_fraction: float | None = None, decay: str = "linear",
-        warmup_shape: str = "linear", num_cycles: float = 0.5) -> WSD:
+        warmup_shape: str = "linear", num_cycles: float = 0.5, warmup_start_lr: float | None = None) -> WSD:
     """Warmup-stable-decay (MiniCPM): decay over the last ``decay_steps`` (or ``decay_fraction``, default 0.1).
 
     ``decay`` is one of ``linear``, ``cosine``, ``1-sqrt``, ``1-square``, ``exponential`` (needs
     ``min_lr > 0``) or ``wsdsc`` (``(1-x)^1.5``). As transformers' ``get_wsd_schedule`` (same values
     to the last bit, ``min_lr_ratio = min_lr / peak_lr``): the warmup rises from ``min_lr`` to the peak
     with ``warmup_shape`` (``linear``, ``cosine``, ``1-sqrt``); ``num_cycles`` is the number of cosine
-    periods of a ``cosine`` decay (0.5: peak to ``min_lr``).
+    periods of a ``cosine`` decay (0.5: peak to ``min_lr``). ``warmup_start_lr`` starts the warmup
+    elsewhere (``0.0``: from zero, the workbench's behaviour before this parity fix; schedules saved
+    then, such as the bundled runs', carry it).
 
     >>> wsd(peak_lr=1.0, total_steps=100, decay_steps=20)(90)
     0.5
     """
     return WSD(peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=min_lr,
                decay_steps=decay_steps, decay_fraction=decay_fraction, decay=decay, warmup_shape=warmup_shape,
-               num_cycles=num_cycles)
+               num_cycles=num_cycles, warmup_start_lr=warmup_start_lr)
 
 
 def power(*, peak_lr: float, total_steps: int, warmup_steps: int = 0, a: float = 4.6, b: float = -0.51,
@@ -928,24 +947,60 @@ def make(family: str, **kwargs) -> Schedule:
 
 
 def schedule_from_dict(d: dict) -> Schedule:
-    """Inverse of ``Schedule.to_dict()``."""
+    """Inverse of ``Schedule.to_dict()`` (the SPEC.json format); any bad input raises ``ValueError``.
+
+    Refused with a message saying what to fix: a missing or unknown family, unknown or missing
+    arguments, booleans or non-integers as steps, horizons over ``MAX_TOTAL_STEPS``, ``rewarm``
+    without ``previous``, ``piecewise`` points that are not ``[step, lr]`` pairs, ``join`` lists
+    of the wrong type and nesting deeper than ``MAX_SPEC_DEPTH``.
+
+    >>> schedule_from_dict({"family": "constant", "peak_lr": 0.1, "total_steps": True})
+    Traceback (most recent call last):
+    ...
+    ValueError: total_steps must be an integer number of steps, got True
+    """
+    return _from_dict(d, 0)
+
+
+def _from_dict(d: Any, depth: int) -> Schedule:
+    if depth > MAX_SPEC_DEPTH:
+        raise ValueError(f"the schedule nests join/rewarm more than {MAX_SPEC_DEPTH} levels deep; flatten it "
+                         "(one join takes any number of schedules)")
     if not isinstance(d, dict) or "family" not in d:
         raise ValueError("a schedule dict needs a 'family' key, e.g. {'family': 'cosine', 'peak_lr': 1e-3, ...}")
     kwargs = {k: v for k, v in d.items() if k != "family"}
     family = d["family"]
-    if family not in FAMILIES:
-        raise ValueError(f"unknown schedule family {family!r} in dict; choose one of {', '.join(sorted(FAMILIES))}")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"unknown schedule family {str(family)[:40]!r} in dict; choose one of "
+                         f"{', '.join(sorted(FAMILIES))}")
     if family == "join":
-        kwargs["schedules"] = [schedule_from_dict(s) for s in kwargs.get("schedules", [])]
+        scheds, bounds = kwargs.pop("schedules", None), kwargs.pop("boundaries", [])
+        if kwargs:
+            raise ValueError(f"bad arguments for schedule family 'join': unknown {sorted(kwargs)}; it takes "
+                             "schedules and boundaries")
+        if not isinstance(scheds, list) or not isinstance(bounds, list):
+            raise ValueError("join needs 'schedules' (a list of schedule dicts) and 'boundaries' (a list of steps)")
+        return join([_from_dict(s, depth + 1) for s in scheds], bounds)
     if family == "rewarm":
-        kwargs["previous"] = schedule_from_dict(kwargs["previous"])
+        if "previous" not in kwargs:
+            raise ValueError("rewarm needs 'previous': the schedule dict of the run it continues")
+        kwargs["previous"] = _from_dict(kwargs["previous"], depth + 1)
     if family == "piecewise":
-        kwargs["points"] = [tuple(p) for p in kwargs.get("points", [])]
-    if family in ("join",):
-        return join(kwargs.get("schedules", []), kwargs.get("boundaries", []))
+        points = kwargs.get("points")
+        if not (isinstance(points, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points)):
+            raise ValueError("piecewise needs 'points': a list of [step, lr] pairs, e.g. [[0, 0.001], [100, 0.0]]")
+        kwargs["points"] = [tuple(p) for p in points]
+    for key in ("milestones", "factors", "grad_norms"):
+        if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
+            raise ValueError(f"{family} needs {key!r} as a list of numbers, got {type(kwargs[key]).__name__}")
+        if key in kwargs and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kwargs[key]):
+            raise ValueError(f"{family}: every entry of {key!r} must be a number")
     if family == "rewarm":
         prev = kwargs.pop("previous")
-        return rewarm(prev, **kwargs)
+        try:
+            return rewarm(prev, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"bad arguments for schedule family 'rewarm': {exc}") from None
     try:
         return FAMILIES[family](**kwargs)
     except TypeError as exc:
@@ -965,8 +1020,13 @@ def load_schedule(path: str | os.PathLike) -> Schedule:
     try:
         with open(path) as f:
             d = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); a SPEC.json is a schedule's to_dict()") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read; flatten the schedule (one join takes any "
+                         "number of schedules)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory; give the SPEC.json file") from None
     try:
         return schedule_from_dict(d)
     except ValueError as exc:

@@ -4,7 +4,9 @@ A run is configured by a :class:`TrainConfig` and lives in a run directory:
 
 * ``config.json``      - the configuration (the schedule as its ``to_dict()``), enough to resume;
 * ``log.jsonl``        - one JSON line per optimizer step, appended and flushed as it goes;
-* ``model.safetensors``, ``state.pt`` - the last checkpoint (see :mod:`workbench.checkpoint`);
+* ``checkpoints/step-N/`` - the last checkpoint, written as one unit (see :mod:`workbench.checkpoint`),
+  and ``model.safetensors``, an export of its weights for readers;
+* ``.lock``            - held by the one process training in it (see :mod:`workbench.runlock`);
 * ``summary.json``     - final/best losses, time to target, throughput (written at the end).
 
 Step convention: the event (and log line) with ``"step": t`` is emitted after the (t+1)-th
@@ -27,6 +29,13 @@ an evaluation also logs ``val_losses: {domain: loss}`` (every domain, each on it
 carries over a resume), ``tokens`` the tokens seen by all ranks, ``peak_mem`` bytes (CUDA max
 allocated, else the process's peak RSS), ``tokens_per_s`` this step's throughput.
 
+Checkpoints: every ``checkpoint_interval`` steps (default: a tenth of the run, at most 500),
+every ``checkpoint_minutes`` of wall time (default 10), at the end, when stopped, on SIGINT/SIGTERM
+(the run finishes its step, checkpoints, writes its summary with status ``"interrupted"``) and
+before raising :class:`TrainingDiverged`. A ``kill -9`` at any instant leaves the previous
+checkpoint intact; ``resume`` cleans up what the kill left. A second trainer on the same run
+directory is refused with an error naming the PID that holds it (:class:`workbench.runlock.RunLocked`).
+
 Subscribers (callables taking the event dict) are called after each step; a subscriber that
 raises is removed with a warning, the run goes on. ``stop_event`` (a ``threading.Event``) ends the
 run after the current step with a checkpoint; ``pause_event`` holds it between steps. That is
@@ -48,6 +57,13 @@ is part of the checkpoint, so a resumed run interpolates exactly as an uninterru
 Multi-GPU: run the same script under ``torchrun``; WORLD_SIZE/RANK/LOCAL_RANK select DDP
 (nccl on CUDA, gloo on CPU), every rank reads its slice of each global batch, and only rank 0
 writes files, calls subscribers and draws the progress bar. ``batch_size`` is per rank.
+``parallel="fsdp"`` shards the model with FSDP2 instead (:mod:`workbench.distributed`: each block
+and the root ``fully_shard``-ed, bf16 compute with fp32 gradient reduction on CUDA, optional
+``activation_checkpointing``, ``compile`` per block): parameters, gradients and optimizer state
+are split over the ranks, and each checkpoint directory ``checkpoints/step-N`` holds every rank's
+DCP shards, ``state.pt`` and the gathered ``model.safetensors`` (exported to the run's root).
+Such a run resumes on any number of processes (``grad_accum`` is rescaled to keep the global
+batch); with one process FSDP runs on a one-rank process group.
 ``stop_event``/``pause_event`` are for single-process runs (a notebook); a DDP run stops at
 ``steps`` or when killed, and resumes from its checkpoint (a shared run directory for multi-node).
 
@@ -63,6 +79,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import random
@@ -78,6 +96,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import interrupts
+from .runlock import RunLock
 from .runlog import RunLog, read_json, write_json_atomic
 from .sinks import open_sinks, parse_log_targets
 
@@ -87,7 +107,7 @@ except ImportError:   # Windows: no resource module; peak_mem is then reported f
     resource = None
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "resume", "load_config",
-           "build_optimizer", "resolve_schedule", "run_summary", "ProgressBar", "EVENT_KEYS"]
+           "build_optimizer", "resolve_schedule", "run_summary", "status_text", "ProgressBar", "EVENT_KEYS"]
 
 EVENT_KEYS = ("step", "tokens", "lr", "loss", "grad_norm", "update_norm", "tokens_per_s", "peak_mem", "time")
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "log.jsonl", "summary.json"
@@ -96,6 +116,7 @@ _TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 _WORKBENCH_OPTIMIZERS = ("apollo", "apollo-mini", "galore", "frugal", "lamb", "lion")
 _OPTIMIZERS = _TORCH_OPTIMIZERS + _WORKBENCH_OPTIMIZERS
 _CLOSURE_OPTIMIZERS = ("zero-order", "zo", "mezo", "zeroordersgd")   # need a closure: not trainable here
+_now = time.monotonic         # the wall clock of checkpoint_minutes (tests replace it)
 
 
 def _optimizer_name(spec: str) -> str:
@@ -150,13 +171,16 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     eval_interval: int = 100               # 0: evaluate only after the last step
     eval_batches: int = 20                 # global batches of val data per evaluation; 0: no evaluation
-    checkpoint_interval: int = 500         # 0: checkpoint only at the end
+    checkpoint_interval: int | None = None  # None: a tenth of the run, at most 500; 0: only by time/at the end
+    checkpoint_minutes: float | None = 10.0  # also checkpoint after this much wall time; 0/None: off
     target_val_loss: float | None = None
     max_tokens: int | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"                    # "auto" = bf16 autocast on CUDA, fp32 elsewhere
-    compile: bool = False
+    compile: bool = False                  # fsdp: each block compiled before sharding
+    parallel: str = "auto"                 # "auto" (DDP under torchrun), "none", "ddp" or "fsdp" (FSDP2)
+    activation_checkpointing: bool = False  # fsdp: recompute each block's activations in backward
     track_update_norm: bool = True         # False skips the per-step copy of the weights (update_norm None)
     progress: bool = True
     val_domain: str | None = None          # with val_data={domain: blocks}: the domain of val_loss (None: first)
@@ -173,15 +197,24 @@ class TrainConfig:
 
         for name in ("batch_size", "seq_len", "grad_accum"):
             positive_int(name, getattr(self, name))
-        for name in ("eval_interval", "eval_batches", "checkpoint_interval", "warmup_steps", "seed",
-                     "mer_interval"):
+        for name in ("eval_interval", "eval_batches", "warmup_steps", "seed", "mer_interval"):
             positive_int(name, getattr(self, name), low=0)
+        if self.checkpoint_interval is not None:
+            positive_int("checkpoint_interval", self.checkpoint_interval, low=0)
+        m = self.checkpoint_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0
+                              or not math.isfinite(m)):
+            raise ValueError(f"checkpoint_minutes must be a number of minutes >= 0 (0 or None: off), got {m!r}")
         if self.steps is not None:
             positive_int("steps", self.steps)
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
         if self.grad_clip is not None and not (self.grad_clip >= 0):
             raise ValueError(f"grad_clip must be >= 0 or None (no clipping), got {self.grad_clip!r}")
+        if self.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'auto', 'none', 'ddp' or 'fsdp', got {self.parallel!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"activation_checkpointing must be True or False, got {self.activation_checkpointing!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
@@ -306,19 +339,25 @@ def build_optimizer(spec: Any, model: torch.nn.Module, config: TrainConfig) -> t
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kw = dict(config.optimizer_kwargs)
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    known = set(inspect.signature(cls).parameters) - {"params", "lr"}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"optimizer {name!r} does not take {', '.join(map(repr, unknown))} in optimizer_kwargs; "
+                         f"it takes {', '.join(sorted(known))}")
     if name == "adamw":
         kw.setdefault("betas", (0.9, 0.95))
-        kw["betas"] = tuple(kw["betas"])
         fused_ok = all(p.is_cuda and p.is_floating_point() for p in params)
         if fused_ok:
             kw.setdefault("fused", True)
-        return torch.optim.AdamW(groups, lr=config.lr, **kw)
-    if name == "adam":
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        return torch.optim.Adam(groups, lr=config.lr, **kw)
-    kw.setdefault("momentum", 0.9)
-    return torch.optim.SGD(groups, lr=config.lr, **kw)
+    if name == "sgd":
+        kw.setdefault("momentum", 0.9)
+    if isinstance(kw.get("betas"), list):       # config.json stores tuples as lists
+        kw["betas"] = tuple(kw["betas"])
+    try:
+        return cls(groups, lr=config.lr, **kw)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"optimizer {name!r} refused optimizer_kwargs {kw}: {exc}") from None
 
 
 def _refuse_closure_only(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -396,6 +435,23 @@ class _FrozenState:
         return dict(self._state)
 
 
+def _close_on_error(init):
+    """Release the run lock a failing ``Trainer.__init__`` took (and remove the run dir it created)."""
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self.close()
+            if getattr(self, "_owns_process_group", False):     # e.g. FSDP on one process: leave none behind
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+                self._owns_process_group = False
+            raise
+    return wrapper
+
+
 class Trainer:
     """A training run. Build it, then ``run()`` (also from a background thread).
 
@@ -415,6 +471,7 @@ class Trainer:
         'completed'
     """
 
+    @_close_on_error
     def __init__(self, config: TrainConfig | None = None, *, model: torch.nn.Module | None = None,
                  train_data: Any = None, val_data: Any = None, optimizer: Any = None, resume: bool = False,
                  callbacks: Iterable[Callable[[dict], Any]] = (), stop_event: threading.Event | None = None,
@@ -435,19 +492,28 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = self._pick_device(cfg.device)
+        if cfg.parallel == "none" and self.world_size > 1:
+            raise ValueError(f"parallel='none' but WORLD_SIZE={self.world_size} (torchrun); use parallel='ddp' "
+                             "or 'fsdp', or run a single process")
+        #: "fsdp" (FSDP2, also on one process), "ddp" (several processes) or "none"
+        self.parallel = "fsdp" if cfg.parallel == "fsdp" else ("ddp" if self.world_size > 1 else "none")
         self._owns_process_group = False
-        if self.world_size > 1:
-            import torch.distributed as dist
+        if self.world_size > 1 or self.parallel == "fsdp":
+            from .distributed import init_distributed
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-                self._owns_process_group = True
+            self._owns_process_group = init_distributed(self.device)
         self.is_main = self.rank == 0
         use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        # FSDP2 computes in bf16 through its mixed-precision policy (fp32 gradient reduction) instead
+        self.autocast_dtype = torch.bfloat16 if use_bf16 and self.parallel != "fsdp" else None
+        self._fsdp_bf16 = use_bf16 and self.parallel == "fsdp"
 
-        # -- the run directory: one run per directory
+        # -- the run directory: one run per directory, one writer per run (a lock released by the OS on kill)
+        self._run_lock = None
+        self._made_run_dir = self.run_dir is not None and not os.path.exists(self.run_dir)
         if self.run_dir is not None:
+            if self.is_main:
+                self._run_lock = RunLock(self.run_dir).acquire()
             log_path = os.path.join(self.run_dir, LOG_FILE)
             if not resume and (os.path.exists(log_path) or ckpt.has_checkpoint(self.run_dir)):
                 raise ValueError(f"{self.run_dir!r} already holds a run ({LOG_FILE} exists); resume it "
@@ -460,6 +526,22 @@ class Trainer:
                 raise ValueError(f"this run's {name} was a Python object ({value}); pass it again "
                                  f"({'model' if name == 'model' else 'train_data'}=...) to resume")
 
+        self._sharded_ckpt = None
+        if resume and self.run_dir is not None:
+            from .distributed import latest_checkpoint, read_checkpoint_state
+
+            self._sharded_ckpt = latest_checkpoint(self.run_dir)
+            if self._sharded_ckpt is not None and self.parallel != "fsdp":
+                raise ValueError(f"{self.run_dir!r} holds sharded (FSDP) checkpoints; resume it with "
+                                 "parallel='fsdp' (--parallel fsdp), on any number of processes")
+            if self._sharded_ckpt is None and self.parallel == "fsdp" and ckpt.has_checkpoint(self.run_dir):
+                raise ValueError(f"{self.run_dir!r} holds an unsharded checkpoint (a single-process or DDP run); "
+                                 "resume it without parallel='fsdp', or start the FSDP run from its "
+                                 "model.safetensors (model=...) in a new run directory")
+            if self._sharded_ckpt is not None:
+                saved_world = int(read_checkpoint_state(self._sharded_ckpt).get("world_size", self.world_size))
+                self._keep_global_batch(saved_world)
+
         # -- seeds, schedule, data, model, optimizer
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -469,7 +551,7 @@ class Trainer:
         if self.stop_step > self.schedule.total_steps:
             warnings.warn(f"steps={self.stop_step} is past the schedule's horizon "
                           f"({self.schedule.total_steps}); the LR holds its final value after it",
-                          stacklevel=2)
+                          stacklevel=3)
 
         tok = get_tokenizer(cfg.tokenizer)     # one object for both splits and the vocab size
         if isinstance(train_data, BlockLoader) or _is_batch_source(train_data):
@@ -513,25 +595,33 @@ class Trainer:
             cfg.data = f"<python: {type(train_data).__name__}>"
         self.raw_model = model.to(self.device)
         self.raw_model.train()
+        if self.parallel == "fsdp":          # before the optimizer: parameters become DTensor shards
+            from .distributed import shard_model
+
+            if isinstance(optimizer, torch.optim.Optimizer):
+                raise ValueError("with parallel='fsdp' pass the optimizer as a name or a callable params -> "
+                                 "optimizer: FSDP2 replaces the parameters, so an optimizer built before holds stale ones")
+            shard_model(self.raw_model, mixed_precision=self._fsdp_bf16,
+                        activation_checkpointing=cfg.activation_checkpointing, compile_blocks=cfg.compile)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(optimizer if optimizer is not None else cfg.optimizer, self.raw_model, cfg)
         self.scheduler = self.schedule.torch_scheduler(self.optimizer)
         self.model = self.raw_model
-        if self.world_size > 1:
+        if self.parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
+        if cfg.compile and self.parallel != "fsdp":
             self.model = torch.compile(self.model)
-        # buffer for update_norm (one extra copy of the weights)
-        self._before = [p.detach().clone() for p in self.params] if cfg.track_update_norm else None
+        # buffer for update_norm (one extra copy of the weights; of this rank's shards with FSDP)
+        self._before = [p.detach().clone() for p in self._local_params()] if cfg.track_update_norm else None
         self.n_parameters = sum(p.numel() for p in self.raw_model.parameters())
         # from the loader itself: a BlockLoader passed in may have its own batch size and block width
         width = _source_width(self.loader)
         self.tokens_per_step = (self.loader.batch_size * getattr(self.loader, "world_size", 1) * cfg.grad_accum
                                 * (width if width is not None else cfg.seq_len))
         # meta-experience replay: the anchor theta_before of the current k-step window
-        self._mer_anchor = [p.detach().clone() for p in self.params] if cfg.mer_interval else None
+        self._mer_anchor = [p.detach().clone() for p in self.params] if cfg.mer_interval else None   # DTensors with FSDP
 
         # -- counters (restored on resume)
         self.step = 0                 # optimizer updates done; the next event has this "step"
@@ -545,7 +635,26 @@ class Trainer:
         self.last_loss = None
         self.last_val_loss = None
         self._checkpointed_step = None
-        if resume:
+        if resume and self.is_main:
+            ckpt.clean_checkpoints(self.run_dir)         # what a kill left: temp dirs, unreferenced steps
+        if resume and self._sharded_ckpt is not None:
+            from .distributed import load_run_checkpoint
+
+            anchors = ({str(i): a for i, a in enumerate(self._mer_anchor)} if self._mer_anchor is not None else None)
+            state = load_run_checkpoint(self._sharded_ckpt, self.raw_model, self.optimizer, extra=anchors)
+            if state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("loader") is not None:
+                self.loader.load_state_dict(state["loader"])
+            if state.get("rng") is not None:
+                ckpt.set_rng_state(state["rng"])
+            self.train_iter = iter(self.loader)
+            self.step = int(state["step"])
+            for k, v in state["trainer"].items():
+                if hasattr(self, k) and k not in ("step", "mer_anchor"):
+                    setattr(self, k, v)
+            self._checkpointed_step = self.step
+        elif resume:
             if ckpt.has_checkpoint(self.run_dir):
                 state = ckpt.load_checkpoint(self.run_dir, self.raw_model, optimizer=self.optimizer,
                                              scheduler=self.scheduler, loader=self.loader)
@@ -563,13 +672,50 @@ class Trainer:
                 self._checkpointed_step = self.step
             else:
                 warnings.warn(f"{self.run_dir}: no checkpoint yet, so the run restarts from step 0 "
-                              f"(its log is appended to)", stacklevel=2)
+                              f"(its log is appended to)", stacklevel=3)
         if self.run_dir is not None and self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             write_json_atomic(os.path.join(self.run_dir, CONFIG_FILE),
                               {**cfg.to_dict(), "schedule": self.schedule.to_dict()})
 
     # ------------------------------------------------------------------ helpers
+    def close(self) -> None:
+        """Release the run directory's lock (``run()`` does at its end; a trainer never run should)."""
+        lock, self._run_lock = getattr(self, "_run_lock", None), None
+        if lock is not None:
+            lock.release()
+            with contextlib.suppress(OSError):
+                if getattr(self, "_made_run_dir", False) and os.listdir(self.run_dir) == [".lock"]:
+                    os.remove(os.path.join(self.run_dir, ".lock"))      # nothing was written: leave no trace
+                    os.rmdir(self.run_dir)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Steps between checkpoints: ``config.checkpoint_interval``, by default a tenth of the run (<= 500)."""
+        every = self.config.checkpoint_interval
+        return min(500, max(1, math.ceil(self.stop_step / 10))) if every is None else every
+
+    def _interrupt(self, signame: str) -> None:
+        self.interrupted_by = signame
+        self.stop_event.set()
+
+    def _control(self, last_checkpoint: float) -> tuple[bool, bool]:
+        """``(stop, checkpoint by time)``, the same on every rank (one small all-reduce under DDP)."""
+        minutes = self.config.checkpoint_minutes
+        due = bool(minutes) and self.run_dir is not None and _now() - last_checkpoint >= 60 * minutes
+        stop = self.stop_event.is_set()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flags = torch.tensor([float(stop), float(due)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, due = (bool(v) for v in flags.tolist())
+        return stop, due
+
     def _pick_device(self, name: str) -> torch.device:
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -582,6 +728,35 @@ class Trainer:
             torch.cuda.set_device(dev.index or 0)
             return torch.device("cuda", dev.index or 0)
         return torch.device(name)
+
+    def _keep_global_batch(self, saved_world: int) -> None:
+        """Resuming on a different number of processes: scale ``grad_accum`` so that a step still sees
+        ``batch_size * grad_accum * world_size`` sequences, the same rows in the same order.
+
+        Exact within an epoch; at an epoch's end a ``BlockLoader`` wraps when fewer than
+        ``batch_size * world_size`` rows are left, so if the number of blocks is not a multiple of the
+        global batch the last partial batch of an epoch can differ between process counts."""
+        cfg = self.config
+        if saved_world == self.world_size:
+            return
+        rows = cfg.batch_size * cfg.grad_accum * saved_world
+        per_micro = cfg.batch_size * self.world_size
+        if rows % per_micro:
+            raise ValueError(f"this run's global batch is {rows} sequences ({saved_world} processes x batch_size "
+                             f"{cfg.batch_size} x grad_accum {cfg.grad_accum}); {self.world_size} processes "
+                             f"cannot split it into micro-batches of {cfg.batch_size}; resume on a number of "
+                             f"processes that divides {rows // cfg.batch_size}")
+        new = rows // per_micro
+        if self.is_main:
+            warnings.warn(f"resuming a {saved_world}-process run on {self.world_size}: grad_accum "
+                          f"{cfg.grad_accum} -> {new} keeps the global batch of {rows} sequences", stacklevel=3)
+        cfg.grad_accum = new
+
+    def _local_params(self) -> list[torch.Tensor]:
+        """The trainable parameters, as this rank's local shards under FSDP (views: in-place ops update them)."""
+        from .optim._base import local
+
+        return [local(p) for p in self.params]
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -618,6 +793,9 @@ class Trainer:
             x, y = next(self.train_iter)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             defer_sync = self.world_size > 1 and micro < cfg.grad_accum - 1
+            if self.parallel == "fsdp":       # FSDP2: reduce-scatter only after the last micro-step
+                self.model.set_requires_gradient_sync(not defer_sync)
+                defer_sync = False
             with (self.model.no_sync() if defer_sync else contextlib.nullcontext()):
                 with self._autocast():
                     logits = self.model(input_ids=x).logits
@@ -626,7 +804,15 @@ class Trainer:
             loss_sum += loss.detach()
         train_loss = self._all_reduce_mean(loss_sum / cfg.grad_accum)
 
-        if cfg.grad_clip:   # returns the norm before clipping
+        if self.parallel == "fsdp":    # norm over all shards; the same clipping as clip_grad_norm_
+            from .optim._base import global_sq_norms
+
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = global_sq_norms(grads).sum().sqrt().to(self.device)
+            if cfg.grad_clip:
+                coef = torch.clamp(cfg.grad_clip / (grad_norm + 1e-6), max=1.0)
+                torch._foreach_mul_(self._local_grads(grads), coef)
+        elif cfg.grad_clip:   # returns the norm before clipping
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip, foreach=True)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
@@ -642,14 +828,19 @@ class Trainer:
 
         lr = self._lr_of_step()
         if self._before is not None:
-            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+            torch._foreach_copy_(self._before, [p.detach() for p in self._local_params()])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_norm = None
         if self._before is not None:   # ||theta_after - theta_before||, one more host sync
-            torch._foreach_sub_(self._before, [p.detach() for p in self.params])
-            update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)).float()).item()
+            torch._foreach_sub_(self._before, [p.detach() for p in self._local_params()])
+            if self.parallel == "fsdp":
+                from .optim._base import global_sq_norms
+
+                update_norm = global_sq_norms(self._before, like=self.params).sum().sqrt().item()
+            else:
+                update_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)).float()).item()
 
         self.step += 1
         self.tokens += self.tokens_per_step
@@ -658,14 +849,23 @@ class Trainer:
         return {"step": self.step - 1, "lr": lr, "loss": loss_value, "grad_norm": grad_norm_value,
                 "update_norm": update_norm}
 
+    @staticmethod
+    def _local_grads(grads: list) -> list:
+        from .optim._base import local
+
+        return [local(g) for g in grads]
+
     @torch.no_grad()
     def _mer_interpolate(self) -> None:
         """Reptile step: ``theta = anchor + beta * (theta - anchor)``; the result is the new anchor."""
-        params = [p.detach() for p in self.params]
-        torch._foreach_sub_(params, self._mer_anchor)            # theta - anchor
+        from .optim._base import local
+
+        params = [p.detach() for p in self._local_params()]
+        anchor = [local(a) for a in self._mer_anchor]
+        torch._foreach_sub_(params, anchor)            # theta - anchor
         torch._foreach_mul_(params, float(self.config.mer_beta))
-        torch._foreach_add_(params, self._mer_anchor)            # anchor + beta * (theta - anchor)
-        torch._foreach_copy_(self._mer_anchor, params)
+        torch._foreach_add_(params, anchor)            # anchor + beta * (theta - anchor)
+        torch._foreach_copy_(anchor, params)
 
     def evaluate_all(self) -> dict | None:
         """``{domain: loss}`` over every validation set (``{primary: loss}`` with a single one)."""
@@ -696,11 +896,18 @@ class Trainer:
         rows = blocks[: cfg.eval_batches * global_batch]
         shard = torch.tensor_split(rows, self.world_size)[self.rank]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        if shard.shape[0]:
-            for x, y in eval_batches(shard, cfg.batch_size):
-                x, y = x.to(self.device), y.to(self.device)
-                with self._autocast():
-                    logits = model(input_ids=x).logits
+        batches = list(eval_batches(shard, cfg.batch_size)) if shard.shape[0] else []
+        if self.parallel == "fsdp":   # forwards are collectives (all-gathers): pad to the most batches of any rank
+            most = math.ceil(math.ceil(rows.shape[0] / self.world_size) / cfg.batch_size)
+            dummy = (rows[:1, :-1], rows[:1, 1:])
+            batches = [(b, True) for b in batches] + [(dummy, False)] * (most - len(batches))
+        else:
+            batches = [(b, True) for b in batches]
+        for (x, y), counted in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                logits = model(input_ids=x).logits
+            if counted:
                 total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
                 total[1] += y.numel()
         model.train()
@@ -721,7 +928,10 @@ class Trainer:
         return out
 
     def save_checkpoint(self, loader_state: dict | None = None) -> None:
-        """Write the checkpoint of the current step (rank 0 only) and fsync the log."""
+        """Write the checkpoint of the current step (rank 0 only; every rank with FSDP) and fsync the log."""
+        if self.run_dir is not None and self.parallel == "fsdp":
+            self._save_sharded_checkpoint(loader_state)
+            return
         if self.run_dir is None or not self.is_main:
             return
         if self._log is not None:
@@ -729,6 +939,24 @@ class Trainer:
         loader = _FrozenState(loader_state) if loader_state is not None else self.loader
         ckpt.save_checkpoint(self.run_dir, self.raw_model, step=self.step, optimizer=self.optimizer,
                              scheduler=self.scheduler, loader=loader, trainer=self._counters())
+        self._checkpointed_step = self.step
+
+    def _save_sharded_checkpoint(self, loader_state: dict | None) -> None:
+        """FSDP: every rank writes its shards (model, optimizer, MER anchor) into the step directory,
+        with the gathered weights as its ``model.safetensors`` (exported to the run's root for the
+        tools that read one file); see :func:`workbench.distributed.save_run_checkpoint`."""
+        from .distributed import save_run_checkpoint
+
+        if self._log is not None:
+            self._log.sync()
+        counters = self._counters()
+        counters.pop("mer_anchor", None)
+        state = {"format": 2, "step": int(self.step), "world_size": int(self.world_size),
+                 "scheduler": self.scheduler.state_dict(),
+                 "loader": dict(loader_state) if loader_state is not None else self.loader.state_dict(),
+                 "rng": ckpt.get_rng_state(), "trainer": counters}
+        anchors = {str(i): a for i, a in enumerate(self._mer_anchor)} if self._mer_anchor is not None else None
+        save_run_checkpoint(self.run_dir, self.raw_model, self.optimizer, step=self.step, state=state, extra=anchors)
         self._checkpointed_step = self.step
 
     def summary(self) -> dict:
@@ -739,6 +967,7 @@ class Trainer:
             "model": self.config.model,
             "steps": self.step,
             "total_steps": int(self.schedule.total_steps),
+            "resumable": self.run_dir is not None and self.step < int(self.schedule.total_steps),
             "tokens": self.tokens,
             "final_train_loss": self.last_loss,
             "final_val_loss": self.last_val_loss,
@@ -753,6 +982,7 @@ class Trainer:
             "parameters": self.n_parameters,
             "device": str(self.device) if self.device.type != "cuda" else torch.cuda.get_device_name(self.device),
             "world_size": self.world_size,
+            "parallel": self.parallel,
         }
 
     def _write_summary(self) -> dict:
@@ -790,9 +1020,12 @@ class Trainer:
         """Train from the current step to ``stop_step``; returns the summary dict.
 
         Raises ``TrainingDiverged`` (after checkpointing the last good step) on a NaN/inf loss.
+        In the main thread, SIGINT/SIGTERM stop the run after its current step with a checkpoint
+        (status ``"interrupted"``; see :mod:`workbench.interrupts`).
         """
-        for _ in self.iter_run():
-            pass
+        with interrupts.stop_on_signals():
+            for _ in self.iter_run():
+                pass
         return self.result
 
     def iter_run(self):
@@ -802,6 +1035,8 @@ class Trainer:
         end (or ``close()`` the generator) so the log is closed. ``run()`` is this, drained.
         """
         cfg = self.config
+        if self.run_dir is not None and self.is_main and self._run_lock is None:
+            self._run_lock = RunLock(self.run_dir).acquire()      # run again after a previous run() ended
         self._log = RunLog(os.path.join(self.run_dir, LOG_FILE)) if (self.run_dir and self.is_main) else None
         sinks = open_sinks(cfg.log, self.run_dir, cfg.to_dict()) if self.is_main else []
         self.callbacks.extend(sinks)
@@ -811,10 +1046,14 @@ class Trainer:
         self.status = "running"
         finished = False
         clock = time.perf_counter()   # train time not yet counted starts here
+        last_checkpoint = _now()
+        stop_agreed = False           # under DDP every rank stops at the same step
+        self.interrupted_by = None
+        signal_token = interrupts.register(self._interrupt)
         try:
             while self.step < self.stop_step:
-                if self.stop_event.is_set():
-                    self.status = "stopped"
+                if stop_agreed or (self.world_size == 1 and self.stop_event.is_set()):
+                    self.status = "interrupted" if self.interrupted_by else "stopped"
                     break
                 if self.pause_event.is_set():
                     self.train_time += time.perf_counter() - clock
@@ -849,9 +1088,12 @@ class Trainer:
                     clock = time.perf_counter()        # evaluation time is not train time
                 self._emit(event)
                 yield event
-                if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                stop_agreed, time_due = self._control(last_checkpoint)
+                every = self.checkpoint_every
+                if (every and self.step % every == 0) or time_due:
                     self.train_time += time.perf_counter() - clock
                     self.save_checkpoint()
+                    last_checkpoint = _now()
                     clock = time.perf_counter()        # nor is checkpointing
             else:
                 self.status = "completed"
@@ -860,6 +1102,7 @@ class Trainer:
             self.result = self._write_summary()
             finished = True
         finally:
+            interrupts.unregister(signal_token)
             if bar is not None:
                 bar.close()
                 self.callbacks.remove(bar)
@@ -870,6 +1113,7 @@ class Trainer:
                 sink.close()
                 if sink in self.callbacks:
                     self.callbacks.remove(sink)
+            self.close()
             if self._owns_process_group:
                 import torch.distributed as dist
 
@@ -880,6 +1124,7 @@ class Trainer:
 
     result: dict | None = None
     _log: RunLog | None = None
+    interrupted_by: str | None = None   # "SIGINT"/"SIGTERM" when a signal stopped the run
 
 
 # ---------------------------------------------------------------------- functional entry points
@@ -917,6 +1162,11 @@ def resume(run_dir: str | os.PathLike, *, steps: int | None = None, callbacks: I
     return trainer.run()
 
 
+def _number(v):
+    """``v`` if it is a plain number (not a bool), else None: fields of hand-edited run files."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def run_summary(run_dir: str | os.PathLike) -> dict:
     """The summary of the run in ``run_dir``: its ``summary.json``, or, for a run still going or
     killed before writing one, a summary rebuilt from ``log.jsonl`` (``status`` ``"incomplete"``).
@@ -935,12 +1185,17 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
     records = read_run_log(log_path, dedupe=True) if os.path.exists(log_path) else []
     if os.path.exists(path):
         summary = read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: not a run summary (a JSON object); delete it and run_summary rebuilds one "
+                             f"from {LOG_FILE}")
         # stale if the run was resumed past it (and is still going, or was killed)
-        if not records or records[-1]["step"] + 1 <= int(summary.get("steps") or 0):
+        if not records or records[-1]["step"] + 1 <= (_number(summary.get("steps")) or 0):
             return summary
     config = read_json(os.path.join(run_dir, CONFIG_FILE)) if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) else {}
-    target = config.get("target_val_loss")
-    vals = [(r["val_loss"], r) for r in records if r.get("val_loss") is not None]
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.path.join(run_dir, CONFIG_FILE)}: not a run configuration (a JSON object)")
+    target = _number(config.get("target_val_loss"))
+    vals = [(r["val_loss"], r) for r in records if _number(r.get("val_loss")) is not None]
     best = min(vals, key=lambda v: v[0]) if vals else None
     hit = next((r for v, r in vals if target is not None and v <= target), None)
     last = records[-1] if records else {}
@@ -954,6 +1209,26 @@ def run_summary(run_dir: str | os.PathLike) -> dict:
         "target_val_loss": target, "time_to_target": hit["time"] if hit else None,
         "step_to_target": hit["step"] if hit else None, "tokens_to_target": hit.get("tokens") if hit else None,
         "train_time": last.get("time"),
-        "tokens_per_s": (last["tokens"] / last["time"]) if last.get("time") else None,
+        "tokens_per_s": (last["tokens"] / last["time"]) if _number(last.get("time")) and _number(last.get("tokens"))
+        is not None else None,
         "parameters": None, "device": None, "world_size": None,
     }
+
+
+def status_text(summary: dict) -> str:
+    """A run's status for people: ``completed``, or ``stopped at 40 of 10,000 (resumable)`` for a run short of
+    its schedule's end (``--steps`` below the horizon, or stopped), else the ``status`` as it is.
+
+    Example:
+        >>> status_text({"status": "completed", "steps": 40, "total_steps": 10_000, "resumable": True})
+        'stopped at 40 of 10,000 (resumable)'
+        >>> status_text({"status": "completed", "steps": 8, "total_steps": 8})
+        'completed'
+    """
+    status, steps, total = summary.get("status"), summary.get("steps"), summary.get("total_steps")
+    if status not in ("completed", "stopped") or steps is None or total is None or steps >= total:
+        return "-" if status is None else str(status)
+    resumable = summary.get("resumable")
+    if resumable is None:  # summaries written before the field existed
+        resumable = bool(summary.get("run_dir")) and ckpt.has_checkpoint(summary["run_dir"])
+    return f"stopped at {steps:,} of {total:,}" + (" (resumable)" if resumable else "")

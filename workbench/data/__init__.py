@@ -19,6 +19,7 @@ from .angles import angle_concentration, find_mlp_input_module
 from .blocks import load_blocks, load_documents, token_stream
 from .corpora import corpus_stats, list_corpora, load_corpus
 from .loader import BlockLoader, eval_batches
+from .shards import TokenBlocks, prepare_shards
 from .sampler import DomainMix, GainSampler, ReplayLoader, select_top, upsample_end
 from .tasks import (answer_correct, arithmetic_examples, encode_examples, encode_prompts,
                     exact_match, first_step_reaching, generate_answers, per_example_grad_norms,
@@ -29,7 +30,7 @@ __all__ = [
     "list_corpora", "load_corpus", "corpus_stats",
     "ByteTokenizer", "BPETokenizer", "get_tokenizer",
     "load_blocks", "load_documents", "token_stream",
-    "BlockLoader", "eval_batches",
+    "BlockLoader", "eval_batches", "prepare_shards", "TokenBlocks",
     "angle_concentration", "find_mlp_input_module",
     "per_example_grads", "RademacherProjector", "gradient_features", "alignment_scores",
     "GainSampler", "select_top", "ReplayLoader", "DomainMix", "upsample_end",

@@ -265,6 +265,10 @@ def load_blocks(data, split: str = "train", block_size: int = 128, tokenizer="by
                 cache_dir=None) -> torch.Tensor:
     """Packed training blocks: a ``torch.LongTensor`` of shape ``[n_blocks, block_size + 1]``.
 
+    Given a folder made by ``workbench data prepare`` (:func:`workbench.data.shards.prepare_shards`),
+    returns a :class:`~workbench.data.shards.TokenBlocks` instead: the same rows, read from the
+    memory-mapped shards on demand (for corpora bigger than memory).
+
     ``data``: ``"stdlib"`` / ``"docs"``, a data file or directory, a ``datasets.Dataset``
     (or ``DatasetDict``) or a list of strings. ``tokenizer``: ``"byte"`` (default),
     ``"bpe"`` (the default BPE of :func:`get_tokenizer`: trained on ``stdlib``, 4096
@@ -282,6 +286,18 @@ def load_blocks(data, split: str = "train", block_size: int = 128, tokenizer="by
     """
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+    from .shards import TokenBlocks, is_prepared
+
+    if is_prepared(data):                  # a folder from `workbench data prepare`: read lazily from disk
+        blocks = TokenBlocks(data, split, block_size, max_tokens=max_tokens)
+        tok = get_tokenizer(tokenizer, cache_dir=cache_dir)
+        if getattr(tok, "name", None) != blocks.tokenizer or tok.vocab_size != blocks.vocab_size:
+            hint = (f"'{Path(data) / blocks.manifest['tokenizer_file']}'" if blocks.manifest.get("tokenizer_file")
+                    else repr(blocks.tokenizer))
+            raise ValueError(f"{str(data)!r} was prepared with tokenizer {blocks.tokenizer!r} (vocab "
+                             f"{blocks.vocab_size}) but tokenizer {getattr(tok, 'name', tok)!r} was given; "
+                             f"pass tokenizer={hint} (CLI: --tokenizer {hint})")
+        return blocks
     stream = token_stream(data, split, tokenizer, max_tokens, text_column, cache_dir)
     n = (len(stream) - 1) // block_size
     if n < 1:

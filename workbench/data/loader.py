@@ -38,6 +38,10 @@ _SEED_MULT = 1_000_003
 
 
 def _check_blocks(blocks) -> torch.Tensor:
+    from .shards import TokenBlocks
+
+    if isinstance(blocks, TokenBlocks):     # memory-mapped prepared shards (workbench data prepare)
+        return blocks
     if not isinstance(blocks, torch.Tensor) or blocks.dim() != 2 or blocks.shape[1] < 2:
         shape = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__
         raise ValueError(f"blocks must be a 2-D tensor [n_blocks, block_size + 1] with "
@@ -73,6 +77,10 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> to
 class BlockLoader:
     """Endless, seeded batches ``(x, y)``, each ``LongTensor [batch_size, block_size]``.
 
+    ``blocks`` is a tensor from :func:`load_blocks` or a :class:`~workbench.data.shards.TokenBlocks`
+    (prepared shards on disk, read lazily; its epoch order is a keyed Feistel permutation rather than
+    ``randperm``, so no ``n_blocks``-sized array is ever built).
+
     ``x = rows[:, :-1]``, ``y = rows[:, 1:]``. ``len(loader)`` is the number of (global)
     batches per epoch; ``loader.epoch`` the current epoch. See the module docstring.
     """
@@ -106,7 +114,9 @@ class BlockLoader:
 
     def _permutation(self) -> torch.Tensor:
         if self._perm_epoch != self.epoch:
-            self._perm = epoch_permutation(self.blocks.shape[0], self.seed, self.epoch, self.shuffle)
+            lazy = getattr(self.blocks, "permutation", None)   # TokenBlocks: computed on demand, O(1) memory
+            self._perm = (lazy(self.seed, self.epoch, self.shuffle) if callable(lazy) else
+                          epoch_permutation(self.blocks.shape[0], self.seed, self.epoch, self.shuffle))
             self._perm_epoch = self.epoch
         return self._perm
 

@@ -13,6 +13,12 @@ loadable with ``weights_only=True`` and no host-device sync in ``step()``):
 :class:`Lion`                 Lion, written with the prototyping kit
 ============================  ==========================================================================
 
+FSDP2 (``torch.distributed.fsdp.fully_shard``, see :mod:`workbench.distributed`): every optimizer
+here steps DTensor parameters sharded on their rows and gives the update of the whole weight
+(norms and projections that span the rows are summed over the ranks: a few numbers, or ``R`` of a
+wide weight, per step; the README's scale-out section lists the collectives); state that follows
+the rows is sharded and :func:`state_bytes` counts what one rank holds.
+
 Kit and tools: :class:`RuleOptimizer` / :func:`update_rule` (write only the update rule),
 :func:`lowrank_param_groups` (project attention/MLP weights only), :func:`state_bytes`,
 :func:`estimate_state_bytes`, :func:`llama_shapes`, :func:`memory_table`, :func:`make_optimizer`,

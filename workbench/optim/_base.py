@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 __all__ = ["check_range", "check_betas", "check_int", "check_choice", "derive_seed", "cpu_generator",
            "to_device", "StackedStateMixin", "adamw_foreach", "ProjectedOptimizer", "buckets", "numel_chunks",
-           "default_bucket_numel"]
+           "default_bucket_numel", "local", "ShardInfo", "shard_info", "global_sq_norms", "wrap_like"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -108,6 +108,108 @@ def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
     return t.to(device)
 
 
+# ---------------------------------------------------------------------- sharded (FSDP2 DTensor) parameters
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:          # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+def local(t):
+    """The local shard of a ``DTensor`` (a view: in-place ops on it update the DTensor), else ``t``."""
+    D = _dtensor_type()
+    return t.to_local() if D is not None and isinstance(t, D) else t
+
+
+class ShardInfo:
+    """Where a parameter sharded on its first dimension (FSDP2: ``Shard(0)``, optionally with
+    ``Replicate`` mesh dimensions as in HSDP) lives: its mesh, placements, the process group of the
+    sharded mesh dimension, its global shape and the global row offset of the local rows."""
+
+    def __init__(self, p):
+        from torch.distributed.tensor import Replicate, Shard
+
+        self.mesh, self.placements = p.device_mesh, tuple(p.placements)
+        sharded = [i for i, pl in enumerate(self.placements) if isinstance(pl, Shard)]
+        if (len(sharded) != 1 or self.placements[sharded[0]].dim != 0
+                or not all(isinstance(pl, (Shard, Replicate)) for pl in self.placements)):
+            raise ValueError(f"workbench.optim supports parameters sharded on their first dimension over one "
+                             f"mesh dimension (FSDP2 fully_shard, HSDP), got placements {self.placements}; "
+                             f"shard with workbench.distributed.shard_model")
+        dim = sharded[0]
+        self.group = self.mesh.get_group(dim)
+        self.global_shape = tuple(p.shape)
+        ranks, coord = self.mesh.size(dim), self.mesh.get_local_rank(dim)
+        rows = self.global_shape[0]
+        chunk = -(-rows // ranks) if rows else 0          # torch.chunk sizes, as DTensor's Shard(0)
+        self.start = min(coord * chunk, rows)
+        self.rows = local(p).shape[0]
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks that hold the other rows (in place; returns ``t``)."""
+        import torch.distributed as dist
+
+        dist.all_reduce(t, group=self.group)
+        return t
+
+    def broadcast_(self, t: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``t`` (contiguous) with the first shard-rank's copy (in place; returns ``t``)."""
+        import torch.distributed as dist
+
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0), group=self.group)
+        return t
+
+    def rows_of(self, t: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """The slice of a full tensor (e.g. a projection with one row per parameter row) along ``dim``
+        that matches this rank's rows."""
+        return t.narrow(dim, self.start, self.rows)
+
+    def wrap(self, local_tensor: torch.Tensor, global_shape: tuple) -> torch.Tensor:
+        """A ``DTensor`` sharded like the parameter around ``local_tensor`` (no copy)."""
+        from torch.distributed.tensor import DTensor
+
+        shape = torch.Size(global_shape)
+        return DTensor.from_local(local_tensor, self.mesh, self.placements, run_check=False, shape=shape,
+                                  stride=torch.empty(shape, device="meta").stride())
+
+
+def shard_info(p) -> ShardInfo | None:
+    """:class:`ShardInfo` of a DTensor parameter, None for a plain tensor."""
+    D = _dtensor_type()
+    return ShardInfo(p) if D is not None and isinstance(p, D) else None
+
+
+def wrap_like(local_tensor: torch.Tensor, info: ShardInfo | None, global_shape: tuple) -> torch.Tensor:
+    """``local_tensor`` as state of a parameter with ``info``: a DTensor sharded like it (so
+    ``torch.distributed.checkpoint`` saves and reshards it), or the tensor itself when ``info`` is None."""
+    return local_tensor if info is None else info.wrap(local_tensor, global_shape)
+
+
+def global_sq_norms(tensors: list, like: list | None = None) -> torch.Tensor:
+    """Squared L2 norms ``[N]`` (fp32, or fp64 if any tensor is) of ``tensors``; a sharded DTensor's
+    norm is over all its shards (local squares summed over its mesh: one all-reduce per process group).
+    ``like``: the tensors whose sharding counts (e.g. the parameters, when ``tensors`` are local
+    shards computed from them)."""
+    locs = [local(t) for t in tensors]
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in locs) else torch.float32
+    device = locs[0].device
+    sq = torch.stack([n.to(device, dtype) for n in torch._foreach_norm(locs)]).square()
+    groups: dict = {}
+    for i, t in enumerate(tensors if like is None else like):
+        info = shard_info(t)
+        if info is not None:
+            groups.setdefault(info.group, []).append(i)
+    for group, idx in groups.items():
+        import torch.distributed as dist
+
+        part = sq[idx]
+        dist.all_reduce(part, group=group)
+        sq[idx] = part
+    return sq
+
+
 # ---------------------------------------------------------------------- stacked per-bucket state
 class StackedStateMixin:
     """State tensors of same-shape parameters stored as rows of one buffer (``self.state[p][name]``
@@ -117,8 +219,13 @@ class StackedStateMixin:
         self._stacks: dict = {}      # (bucket key, name) -> (param ids, buffer, views)
         self._caches: dict = {}      # transient, regenerable tensors (projections, indices)
 
-    def _stacked(self, key, params: list, name: str, shape: tuple, dtype, device) -> torch.Tensor:
-        """The ``[len(params), *shape]`` buffer whose rows are ``self.state[p][name]`` (zeros when new)."""
+    def _stacked(self, key, params: list, name: str, shape: tuple, dtype, device,
+                 shard: ShardInfo | None = None) -> torch.Tensor:
+        """The ``[len(params), *shape]`` buffer whose rows are ``self.state[p][name]`` (zeros when new).
+
+        ``shard``: the state's first dimension runs over the parameters' local rows (FSDP2); the
+        buffer is local and ``self.state[p][name]`` a DTensor view of it with the global row count.
+        """
         ids = tuple(id(p) for p in params)
         entry = self._stacks.get((key, name))
         if entry is not None and entry[0] == ids and all(
@@ -126,10 +233,11 @@ class StackedStateMixin:
             return entry[1]
         buf = torch.zeros((len(params), *shape), dtype=dtype, device=device)
         for i, p in enumerate(params):        # carry over what exists (resume, bucket change)
-            old = self.state[p].get(name)
+            old = local(self.state[p].get(name))
             if isinstance(old, torch.Tensor) and tuple(old.shape) == tuple(shape):
                 buf[i].copy_(old)
-        views = list(buf.unbind(0))
+        global_shape = (shard.global_shape[0], *shape[1:]) if shard is not None else None
+        views = [wrap_like(v, shard, global_shape) for v in buf.unbind(0)]
         for p, v in zip(params, views):
             self.state[p][name] = v
         self._forget_stacks(set(ids), (name,))      # a parameter's state lives in one buffer only
@@ -225,9 +333,10 @@ def numel_chunks(params: list, max_numel: int) -> list[list]:
 def _adamw_chunk(state: dict, ps: list, group: dict, step: int) -> None:
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
-    grads = [p.grad for p in ps]
-    m = [state[p]["exp_avg"] for p in ps]
-    v = [state[p]["exp_avg_sq"] for p in ps]
+    grads = [local(p.grad) for p in ps]           # sharded (FSDP2): elementwise on the local shards
+    m = [local(state[p]["exp_avg"]) for p in ps]
+    v = [local(state[p]["exp_avg_sq"]) for p in ps]
+    params, ps = ps, [local(p) for p in ps]
     if wd != 0:
         torch._foreach_mul_(ps, 1.0 - lr * wd)
     torch._foreach_lerp_(m, grads, 1.0 - beta1)
@@ -239,7 +348,7 @@ def _adamw_chunk(state: dict, ps: list, group: dict, step: int) -> None:
     torch._foreach_div_(denom, math.sqrt(bc2))
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(ps, m, denom, value=-lr / bc1)
-    for p in ps:
+    for p in params:
         state[p]["step"] = step
 
 

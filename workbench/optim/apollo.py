@@ -53,7 +53,7 @@ import math
 import torch
 
 from ._base import (ProjectedOptimizer, adam_direction, check_choice, check_int, check_range, derive_seed,
-                    update_moments)
+                    local, shard_info, update_moments)
 from .rng import counter_normal
 
 __all__ = ["Apollo", "ApolloMini", "gaussian_projection"]
@@ -157,24 +157,40 @@ class Apollo(ProjectedOptimizer):
     def _step_bucket(self, key, group, index, params, step):
         p0 = params[0]
         B = len(params)
-        shape = tuple(p0.shape)
+        shape = tuple(p0.shape)                      # the global shape (FSDP2: of the whole DTensor)
         _, _, r, tall = self._proj_shape(shape, group["rank"])
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
+        sh = shard_info(p0)                          # FSDP2: this rank holds rows [start, start + rows)
+        grads = [local(p.grad) for p in params]
+        lparams = [local(p) for p in params]
+        lshape = tuple(grads[0].shape)
         pdtype = getattr(torch, group["proj_dtype"]) if group["proj_dtype"] else p0.dtype
         low = pdtype != p0.dtype                     # project in another dtype (e.g. bf16 tensor cores)
         G = None                                     # [B, m, n] stacked gradients, a copy we own
         if self._stacking(p0.device) and not low:
             G = torch.stack(grads)
         elif self._stacking(p0.device):
-            G = torch.empty((B, *shape), dtype=pdtype, device=p0.device)
+            G = torch.empty((B, *lshape), dtype=pdtype, device=p0.device)
             for row, g in zip(G, grads):             # converted while copied: one pass
                 row.copy_(g)
+
+        def across(n, rows):
+            """A norm over sharded rows (FSDP2) is the root of the summed squares of every rank's rows."""
+            return sh.all_reduce_(n.square()).sqrt() if sh is not None and rows else n
+
+        def norm(x, dim, rows, dtype=None):
+            return across(torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=dtype), rows)
+
         P = self._projections(key, group, index, shape, step, p0.device, pdtype)
+        if sh is not None and not tall:
+            P = sh.rows_of(P)                        # P (m x r): the rows that meet this rank's rows of G
         R = self._project([g.to(pdtype) for g in grads] if low and G is None else grads, P, tall, G)
         R = R.to(p0.dtype)                                                  # [B, m, r] or [B, r, n]
-        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
-        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
+        if sh is not None and not tall:
+            sh.all_reduce_(R)                        # R = P^T G sums over every row: one all-reduce
+        state_shard = sh if tall else None           # tall: R has the parameter's rows; wide: replicated
+        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device, shard=state_shard)
+        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device, shard=state_shard)
         update_moments(exp_avg, exp_avg_sq, R, beta1, beta2)
         if group["bias_correction"] == "step":      # as the official code: limiter sees uncorrected norms
             Rt = exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
@@ -186,16 +202,15 @@ class Apollo(ProjectedOptimizer):
         alpha = math.sqrt(group["scale"])
         if group["scale_type"] == "channel":
             dim = -1 if tall else -2                     # the channels of the larger side
-            s = torch.linalg.vector_norm(Rt, dim=dim, keepdim=True) / (
-                torch.linalg.vector_norm(R, dim=dim, keepdim=True) + 1e-8)
-            channel = (torch.linalg.vector_norm(G, dim=dim, keepdim=True, dtype=p0.dtype) if G is not None else
-                       torch.stack([torch.linalg.vector_norm(g, dim=dim, keepdim=True) for g in grads]))
-            gt_norm = torch.linalg.vector_norm(s * channel, dim=(-2, -1)) * alpha  # ||Gt||, [B]
+            s = norm(Rt, dim, False) / (norm(R, dim, False) + 1e-8)
+            channel = (norm(G, dim, not tall, p0.dtype) if G is not None else
+                       across(torch.stack([torch.linalg.vector_norm(g, dim=dim, keepdim=True) for g in grads]),
+                              not tall))
+            gt_norm = norm(s * channel, (-2, -1), tall).view(B) * alpha  # ||Gt||, [B]
         else:
-            s = torch.linalg.vector_norm(Rt, dim=(-2, -1), keepdim=True) / (
-                torch.linalg.vector_norm(R, dim=(-2, -1), keepdim=True) + 1e-8)
-            g_norm = (torch.linalg.vector_norm(G, dim=(-2, -1), dtype=p0.dtype) if G is not None else
-                      torch.stack(torch._foreach_norm(grads)))
+            s = norm(Rt, (-2, -1), tall) / (norm(R, (-2, -1), tall) + 1e-8)
+            g_norm = (norm(G, (-2, -1), True, p0.dtype) if G is not None else
+                      across(torch.stack(torch._foreach_norm(grads)).view(B, 1, 1), True)).view(B)
             gt_norm = s.view(B) * g_norm * alpha
         factor = alpha
         limit = group["norm_growth_limit"]
@@ -208,10 +223,10 @@ class Apollo(ProjectedOptimizer):
         scale = s * (factor * post)                          # Gt = G * scale
         lr, wd = group["lr"], group["weight_decay"]
         # p -= lr * G * scale in one pass over each weight (no scaled copy of G), then decoupled decay
-        torch._foreach_addcmul_(params, list(G.unbind(0)) if G is not None and not low else grads,
+        torch._foreach_addcmul_(lparams, list(G.unbind(0)) if G is not None and not low else grads,
                                 list(scale.unbind(0)), value=-lr)
         if wd != 0:
-            torch._foreach_mul_(params, 1.0 - lr * wd)
+            torch._foreach_mul_(lparams, 1.0 - lr * wd)
 
 
 class ApolloMini(Apollo):

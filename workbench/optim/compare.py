@@ -128,7 +128,7 @@ def compare_optimizers(optimizers: Mapping[str, Any], *, model: Any = "tiny", da
     import pandas as pd
 
     from ..data import get_tokenizer, load_blocks
-    from ..train import TrainConfig, Trainer
+    from ..train import ProgressBar, TrainConfig, Trainer
     from .memory import state_bytes
 
     if not optimizers:
@@ -167,11 +167,16 @@ def compare_optimizers(optimizers: Mapping[str, Any], *, model: Any = "tiny", da
                           seq_len=seq_len, grad_clip=grad_clip, eval_interval=eval_interval,
                           eval_batches=eval_batches if val_blocks is not None else 0,
                           target_val_loss=target_val_loss, max_tokens=max_tokens, seed=seed, device=device,
-                          progress=progress, checkpoint_interval=0)
+                          progress=False, checkpoint_interval=0)
         subscribers = list(callbacks(label)) if callbacks is not None else []
         trainer = Trainer(cfg, model=net, train_data=train_blocks, val_data=val_blocks, optimizer=opt,
                           callbacks=subscribers)
-        summary = trainer.run()
+        bar = trainer.subscribe(ProgressBar(trainer.stop_step, desc=label)) if progress else None  # named bars
+        try:
+            summary = trainer.run()
+        finally:
+            if bar is not None:
+                bar.close()
         n_params = sum(p.numel() for p in net.parameters())
         sb = state_bytes(trainer.optimizer)
         rows[label] = {

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from ._base import (ProjectedOptimizer, adam_direction, check_choice, check_range, cpu_generator, derive_seed,
-                    to_device, update_moments)
+                    local, shard_info, to_device, update_moments)
 
 __all__ = ["Frugal", "PROJ_TYPES"]
 
@@ -150,10 +150,10 @@ class Frugal(ProjectedOptimizer):
             G.mul_(group["residual_scale"])
         return G
 
-    def _adam(self, key, group, params, R, adam_step, p0) -> torch.Tensor:
+    def _adam(self, key, group, params, R, adam_step, p0, shard=None) -> torch.Tensor:
         beta1, beta2 = group["betas"]
-        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device)
-        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device)
+        exp_avg = self._stacked(key, params, "exp_avg", R.shape[1:], p0.dtype, p0.device, shard=shard)
+        exp_avg_sq = self._stacked(key, params, "exp_avg_sq", R.shape[1:], p0.dtype, p0.device, shard=shard)
         if adam_step == 1:             # a new subspace: reset the state
             exp_avg.zero_()
             exp_avg_sq.zero_()
@@ -162,46 +162,64 @@ class Frugal(ProjectedOptimizer):
 
     def _step_bucket(self, key, group, index, params, step):
         p0 = params[0]
-        m, n = p0.shape
+        m, n = p0.shape                              # the global shape (FSDP2: of the whole DTensor)
         T = group["update_proj_gap"]
         refresh, adam_step = (step - 1) // T, (step - 1) % T + 1
         kind = group["proj_type"]
         lr, wd = group["lr"], group["weight_decay"]
-
-        if kind == "blocks":
+        sh = shard_info(p0)                          # FSDP2: this rank holds rows [start, start + rows)
+        lp = {id(p): local(p) for p in params}
+        if kind == "blocks":                         # elementwise on whole weights: local rows suffice
             chosen = self._chosen_blocks(group, refresh)
             full = [p for p in params if chosen[id(p)]]
             free = [p for p in params if not chosen[id(p)]]
             if full:
-                N = self._adam((*key, "full"), group, full, torch.stack([p.grad for p in full]), adam_step, p0)
-                self._apply(full, N, lr, wd)
+                N = self._adam((*key, "full"), group, full, torch.stack([local(p.grad) for p in full]),
+                               adam_step, p0, shard=sh)
+                self._apply([lp[id(p)] for p in full], N, lr, wd)
             if free:
                 self._drop_state(free, "exp_avg", "exp_avg_sq")
-                Gs = torch.stack([p.grad for p in free])
-                self._apply(free, self._residual_update(group, Gs), lr, wd)
+                Gs = torch.stack([local(p.grad) for p in free])
+                self._apply([lp[id(p)] for p in free], self._residual_update(group, Gs), lr, wd)
             return
-
-        G = torch.stack([p.grad for p in params])       # becomes the update, in place
+        G = torch.stack([local(p.grad) for p in params])       # becomes the update, in place
         sub = self._subspaces(key, group, index, (m, n), refresh, p0)
         if kind == "random":
             tall = m >= n
+            if sh is not None and not tall:
+                sub = sh.rows_of(sub)                # P (m x k): the rows that meet this rank's rows of G
             R = torch.bmm(G, sub.mT) if tall else torch.bmm(sub.mT, G)
+            if sh is not None and not tall:
+                sh.all_reduce_(R)                    # R = P^T G sums over every row: one all-reduce
             if group["residual"] is not None:
                 if tall:
                     G.baddbmm_(R, sub, alpha=-1.0)        # residual G - R P
                 else:
                     G.baddbmm_(sub, R, alpha=-1.0)        # residual G - P R
-            N = self._adam(key, group, params, R, adam_step, p0)
+            N = self._adam(key, group, params, R, adam_step, p0, shard=sh if tall else None)
             U = self._residual_update(group, G)
             if tall:
                 U.baddbmm_(N, sub)
             else:
                 U.baddbmm_(sub, N)
-        else:
+        elif kind == "columns" or sh is None:
             B, k = sub.shape
+            rows = G.shape[1]
             dim = -1 if kind == "columns" else -2
-            idx = sub[:, None, :].expand(B, m, k) if kind == "columns" else sub[:, :, None].expand(B, k, n)
+            idx = sub[:, None, :].expand(B, rows, k) if kind == "columns" else sub[:, :, None].expand(B, k, n)
             R = G.gather(dim, idx)
-            N = self._adam(key, group, params, R, adam_step, p0)
+            N = self._adam(key, group, params, R, adam_step, p0, shard=sh if kind == "columns" else None)
             U = self._residual_update(group, G).scatter_(dim, idx, N)
-        self._apply(params, U, lr, wd)
+        else:                                        # rows of a sharded weight: gather them on every rank
+            B, k = sub.shape
+            loc = sub - sh.start
+            mine = (loc >= 0) & (loc < sh.rows)      # [B, k]: chosen rows held here
+            R = G.new_zeros((B, k, n))
+            for b in range(B):
+                R[b, mine[b]] = G[b, loc[b, mine[b]]]
+            sh.all_reduce_(R)                        # each chosen row comes from the one rank holding it
+            N = self._adam(key, group, params, R, adam_step, p0)
+            U = self._residual_update(group, G)
+            for b in range(B):
+                U[b, loc[b, mine[b]]] = N[b, mine[b]]
+        self._apply([lp[id(p)] for p in params], U, lr, wd)

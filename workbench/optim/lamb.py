@@ -32,7 +32,7 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from ._base import check_betas, check_range, default_bucket_numel, numel_chunks
+from ._base import check_betas, check_range, default_bucket_numel, global_sq_norms, local, numel_chunks, shard_info
 
 __all__ = ["Lamb"]
 
@@ -75,7 +75,11 @@ class Lamb(Optimizer):
         if any(g.is_sparse for g in grads_all):
             raise ValueError("Lamb does not support sparse gradients")
         clip = None
-        if self.max_grad_norm > 0:
+        sharded = any(shard_info(g) is not None for g in grads_all)       # FSDP2 DTensors
+        if self.max_grad_norm > 0 and sharded:       # one all-reduce of the local squares
+            g_norm = global_sq_norms(grads_all).sum().sqrt()
+            clip = torch.where(g_norm > self.max_grad_norm, g_norm / self.max_grad_norm, 1.0)
+        elif self.max_grad_norm > 0:
             norms = torch._foreach_norm(grads_all)
             dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
             g_norm = torch.linalg.vector_norm(torch.stack([n.to(grads_all[0].device, dtype) for n in norms]))
@@ -99,11 +103,12 @@ class Lamb(Optimizer):
 
     def _update(self, group, ps, clip, device, dtype, step):
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in ps]
+        params, ps = ps, [local(p) for p in ps]        # FSDP2: elementwise on the local shards
+        grads = [local(p.grad) for p in params]
         if clip is not None:
             grads = torch._foreach_div(grads, clip.to(device, dtype))
-        m = [self.state[p]["exp_avg"] for p in ps]
-        v = [self.state[p]["exp_avg_sq"] for p in ps]
+        m = [local(self.state[p]["exp_avg"]) for p in params]
+        v = [local(self.state[p]["exp_avg_sq"]) for p in params]
         torch._foreach_lerp_(m, grads, 1.0 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
@@ -120,10 +125,14 @@ class Lamb(Optimizer):
         if wd != 0:
             torch._foreach_add_(update, ps, alpha=wd)
         if wd != 0 or group["use_nvlamb"]:
-            p_norm = torch.stack(torch._foreach_norm(ps))
-            u_norm = torch.stack(torch._foreach_norm(update))
+            if any(shard_info(p) is not None for p in params):    # norms over all shards: one all-reduce
+                both = global_sq_norms(list(ps) + list(update), like=list(params) * 2).sqrt()
+                p_norm, u_norm = both[:len(ps)], both[len(ps):]
+            else:
+                p_norm = torch.stack(torch._foreach_norm(ps))
+                u_norm = torch.stack(torch._foreach_norm(update))
             ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm.clamp_min(1e-30), 1.0)
             torch._foreach_mul_(update, list(ratio.unbind(0)))
         torch._foreach_add_(ps, update, alpha=-group["lr"])
-        for p in ps:
+        for p in params:
             self.state[p]["step"] = step

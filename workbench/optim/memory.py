@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ._base import local
 from .groups import is_lowrank_name, lowrank_parameter_names
 
 __all__ = ["state_bytes", "estimate_state_bytes", "llama_shapes", "memory_table", "LLAMA_CONFIGS",
@@ -64,6 +65,9 @@ def _walk(x, out: list, seen: set | None = None) -> None:
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer holds (state, cached projections, buffers), each storage once.
 
+    With FSDP2 (DTensor parameters and state) this is the state held by this rank: its local shards
+    plus whatever is replicated on every rank (e.g. APOLLO's moments of a wide weight, ``r x n``).
+
     Example:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(10, 10))
@@ -79,6 +83,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
         tensors.extend(extra())
     seen, total = set(), 0
     for t in tensors:
+        t = local(t)                      # sharded (FSDP2) state: what this rank holds
         storage = t.untyped_storage()
         key = (storage.data_ptr(), str(t.device))
         if storage.nbytes() == 0 or key in seen:

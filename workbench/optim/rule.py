@@ -16,7 +16,10 @@ with ``grad`` and the state tensors stacked along a new first dimension, so a mo
 hundred same-shape layers costs a handful of kernels, not a hundred Python calls. Write the rule
 with elementwise ops and broadcasting scalars (``sign``, ``lerp``, ``mul``, ``sqrt``...); if it
 needs a per-tensor reduction (a norm, a matmul), pass ``elementwise=False`` and it is called
-once per parameter. ``grad`` may be modified in place only when ``elementwise=True`` (it is then a
+once per parameter. With FSDP2 (DTensor parameters) an elementwise rule runs on each rank's
+local shards (no communication); a rule with ``elementwise=False`` gets the DTensors themselves,
+so its norms and matmuls span the shards (DTensor inserts the collectives: one all-reduce per
+reduction). ``grad`` may be modified in place only when ``elementwise=True`` (it is then a
 stacked copy); returning a state tensor replaced by a new one (``state["m"] = ...``) also works.
 
 Lion (Chen et al., arXiv 2302.06675) in a notebook cell:
@@ -56,7 +59,7 @@ from typing import Callable, ClassVar
 import torch
 from torch.optim import Optimizer
 
-from ._base import StackedStateMixin, buckets, check_betas, check_range
+from ._base import StackedStateMixin, buckets, check_betas, check_range, local, shard_info
 
 __all__ = ["RuleOptimizer", "update_rule"]
 
@@ -141,12 +144,16 @@ class RuleOptimizer(StackedStateMixin, Optimizer):
             for key, ps in buckets(params, key_fn, self.max_bucket_numel):
                 shape, dtype, device, step = key[0], key[1], key[2], key[3] + 1
                 bkey = (gi, shape, dtype, device, key[4])
-                grad = torch.stack([p.grad for p in ps])
-                bufs = {name: self._stacked(bkey, ps, name, shape, dtype, device) for name in self.state_names}
+                sh = shard_info(ps[0])               # FSDP2: elementwise, so the local shards suffice
+                grad = torch.stack([local(p.grad) for p in ps])
+                lshape = tuple(grad.shape[1:])
+                bufs = {name: self._stacked(bkey, ps, name, lshape, dtype, device, shard=sh)
+                        for name in self.state_names}
                 direction = self._call_rule(grad, {**bufs, "step": step}, group, bufs)
+                lps = [local(p) for p in ps]
                 if wd:
-                    torch._foreach_mul_(ps, 1.0 - lr * wd)
-                torch._foreach_add_(ps, list(direction.unbind(0)), alpha=-lr)
+                    torch._foreach_mul_(lps, 1.0 - lr * wd)
+                torch._foreach_add_(lps, list(direction.unbind(0)), alpha=-lr)
                 for p in ps:
                     self.state[p]["step"] = step
         return loss

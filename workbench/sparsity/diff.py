@@ -12,6 +12,12 @@ Safetensors are read with plain file reads of each tensor's byte range, in chunk
 shards (no memory map, so the file pages stay in the OS page cache, not in the process); each shard's file
 is closed as soon as the walk leaves it.
 
+Tied tensors (an output head sharing the input embedding) are compared once. When the two checkpoints store
+one under different names (``save_pretrained`` keeps ``model.embed_tokens.weight``, safetensors' ``save_model``
+``lm_head.weight``), the diff pairs them from the ties it can see (safetensors metadata, shared storage in
+state dicts and modules, a transformers ``config.json``); the row records the other name as ``tuned_name``
+or ``base_name``.
+
 Example:
     >>> import torch
     >>> base = {"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 3)}
@@ -30,9 +36,8 @@ import base64
 import json
 import math
 import os
-import pickle
 import re
-import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -41,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.files import atomic_write_text
+from workbench.tensorfiles import load_weights_only, read_safetensors_header, read_sharded_index
 
 __all__ = ["SparsityDiff", "diff_checkpoints", "overlap", "parse_name", "matrix_type", "snap_tolerance",
            "DEFAULT_MAX_RANK_NUMEL", "TOLERANCE_GRID", "GRID_TYPES", "CHUNK_ELEMENTS"]
@@ -89,9 +95,11 @@ class _Reader:
     be a view of a buffer the reader reuses on its next call, so callers use it before reading again.
     """
 
-    def __init__(self, meta: dict, describe: str):
+    def __init__(self, meta: dict, describe: str, tied: dict | None = None):
         self.meta = meta
         self.describe = describe
+        self.tied = dict(tied or {})  # alias -> the name this checkpoint stores the tied tensor under
+        self.model_dir = None  # a transformers model directory, whose config can name more tied tensors
 
     def group(self, name: str) -> int:
         return 0
@@ -109,9 +117,13 @@ class _DictReader(_Reader):
         if bad:
             raise ValueError(f"{describe}: entries {bad[:5]} are not tensors; pass a state dict that maps "
                              "parameter names to tensors (e.g. model.state_dict())")
-        self.state = state
+        from workbench.models import tied_names
+
+        tied = tied_names(state)  # a tied tensor is compared once, under its first name
+        self.state = {k: v for k, v in state.items() if k not in tied}
         self._flat = (None, None)
-        super().__init__({k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in state.items()}, describe)
+        super().__init__({k: (tuple(v.shape), _dtype_name(v.dtype)) for k, v in self.state.items()}, describe,
+                         tied)
 
     def read(self, name, start, stop):
         if self._flat[0] != name:
@@ -122,13 +134,12 @@ class _DictReader(_Reader):
         self._flat = (None, None)
 
 
-def _st_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (without ``__metadata__``) and the byte offset where the data starts."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
+def _st_header(path: Path, with_metadata: bool = False):
+    """The safetensors header (checked; without ``__metadata__``) and the byte offset where the data starts
+    (and the ``__metadata__`` dict when ``with_metadata``)."""
+    header, start = read_safetensors_header(path)
+    metadata = header.pop("__metadata__", None) or {}
+    return (header, start, metadata) if with_metadata else (header, start)
 
 
 class _SafetensorsReader(_Reader):
@@ -143,11 +154,13 @@ class _SafetensorsReader(_Reader):
         self.files = files  # name -> shard path
         shards = sorted(set(files.values()))
         self._shard_idx = {p: i for i, p in enumerate(shards)}
-        meta, self._where = {}, {}
+        meta, self._where, tied = {}, {}, {}
         for shard in shards:
             if not shard.is_file():
                 raise FileNotFoundError(f"{describe}: shard {shard} listed in the index is missing")
-            header, data_start = _st_header(shard)
+            header, data_start, metadata = _st_header(shard, with_metadata=True)
+            # safetensors' save_model (and workbench checkpoints) record each dropped tied name -> kept name
+            tied.update({k: v for k, v in metadata.items() if v in files and k not in files})
             for name, info in header.items():
                 if files.get(name) == shard:
                     dtype = _ST_DTYPES.get(info["dtype"], info["dtype"])
@@ -167,7 +180,7 @@ class _SafetensorsReader(_Reader):
         if missing:
             raise ValueError(f"{describe}: tensors {missing[:5]} are in the index but not in their shard; "
                              "the checkpoint is incomplete, re-save it")
-        super().__init__(meta, describe)
+        super().__init__(meta, describe, tied)
         self._path = None
         self._handle = None
         self._buf = torch.empty(0, dtype=torch.uint8)
@@ -207,28 +220,7 @@ class _SafetensorsReader(_Reader):
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        if isinstance(exc, RuntimeError) and "mmap" in str(exc):  # legacy (non-zip) torch.save format
-            return _torch_load_nommap(path)
-        raise ValueError(_refuse_msg(path, exc)) from None
-
-
-def _torch_load_nommap(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        raise ValueError(_refuse_msg(path, exc)) from None
-
-
-def _refuse_msg(path, exc) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"refusing to load {str(path)!r}: it holds objects that only full unpickling could build, and "
-            "unpickling runs arbitrary code from the file, so checkpoints are read only with "
-            "torch.load(weights_only=True) (tensors, dicts, numbers). Re-save it as a plain state dict "
-            "(torch.save(model.state_dict(), path)) or as safetensors, from a source you trust. "
-            f"(torch said: {first})")
+    return load_weights_only(path, mmap=True)    # refuses pickles that need code execution, one-line errors
 
 
 def _state_from_obj(obj, describe: str) -> dict:
@@ -254,18 +246,9 @@ def _open(src, role: str) -> _Reader:
     path = Path(src)
     describe = f"{role} {str(path)!r}"
     if path.is_dir():
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            return _SafetensorsReader({k: path / v for k, v in weight_map.items()}, describe)
-        single = path / "model.safetensors"
-        if single.is_file():
-            return _st_single(single, describe)
-        for name in ("pytorch_model.bin", "model.pt"):
-            if (path / name).is_file():
-                return _DictReader(_state_from_obj(_torch_load(path / name), describe), describe)
-        raise ValueError(f"{describe} holds no model.safetensors(.index.json) or pytorch_model.bin; "
-                         "save the model there with model.save_pretrained(dir)")
+        reader = _open_dir(path, describe)
+        reader.model_dir = path
+        return reader
     if not path.exists():
         raise FileNotFoundError(f"{describe} does not exist")
     if path.suffix == ".safetensors":
@@ -274,6 +257,77 @@ def _open(src, role: str) -> _Reader:
         return _DictReader(_state_from_obj(_torch_load(path), describe), describe)
     raise ValueError(f"{describe}: unknown checkpoint type {path.suffix!r}; use a model directory, "
                      ".safetensors, .bin or .pt")
+
+
+def _open_dir(path: Path, describe: str) -> _Reader:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_sharded_index(index)     # refuses shards outside the folder
+        return _SafetensorsReader({k: Path(v) for k, v in weight_map.items()}, describe)
+    single = path / "model.safetensors"
+    if single.is_file():
+        return _st_single(single, describe)
+    for name in ("pytorch_model.bin", "model.pt"):
+        if (path / name).is_file():
+            return _DictReader(_state_from_obj(_torch_load(path / name), describe), describe)
+    raise ValueError(f"{describe} holds no model.safetensors(.index.json) or pytorch_model.bin; "
+                     "save the model there with model.save_pretrained(dir)")
+
+
+def _config_tied(model_dir) -> dict:
+    """Tied tensors of the transformers model whose ``config.json`` is in ``model_dir`` (built on the meta
+    device, no weights); {} when there is no such config (a run directory's config.json is the run's)."""
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        return {}
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or "model_type" not in config:
+        return {}
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workbench.models import tied_names
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (ValueError, KeyError, OSError, ImportError):  # not a causal LM transformers can build
+        return {}
+    return tied_names(model)
+
+
+def _ties(reader: _Reader) -> dict:
+    """alias -> kept name of a checkpoint's tied tensors: safetensors metadata (alias -> kept name), tensors
+    sharing storage in state dicts and modules, and a transformers ``config.json`` next to the weights."""
+    return {**_config_tied(reader.model_dir), **reader.tied}
+
+
+def _tied_pairs(btied: dict, ttied: dict, only_b: list, only_t: list) -> list[tuple[str, str]]:
+    """Pairs (base name, tuned name) of one tied tensor stored under different names by the two checkpoints
+    (``btied``/``ttied``: their :func:`_ties`). A name pairs only when its tie group holds exactly one unmatched
+    name on the other side."""
+    if not (only_b and only_t):
+        return []
+    links = {**btied, **ttied}
+    parent: dict = {}
+
+    def root(n):
+        while parent.get(n, n) != n:
+            n = parent[n]
+        return n
+
+    for a, b in links.items():
+        ra, rb_ = root(a), root(b)
+        if ra != rb_:
+            parent[ra] = rb_
+    pairs = []
+    for nb in only_b:
+        cands = [nt for nt in only_t if root(nt) == root(nb)]  # disjoint lists: equal roots means tied
+        if len(cands) == 1:
+            pairs.append((nb, cands[0]))
+    return pairs
 
 
 def _st_single(path: Path, describe: str) -> _SafetensorsReader:
@@ -343,6 +397,7 @@ class _Acc:
         self.cols = shape[1] if len(shape) == 2 else None
         self.changed = 0
         self.changed_rtol = 0
+        self.nan_changed = 0  # entries whose delta is NaN (a NaN in one checkpoint): changed at every tolerance
         self.zeros = 0
         self.abs_hist = np.zeros(n_edges + 1, dtype=np.int64)
         self.rel_hist = np.zeros(n_edges + 1, dtype=np.int64)
@@ -401,27 +456,53 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
     if idx is None:
         bv, tv = bf.to(compute), tf.to(compute)
     absd = (tv - bv).abs_()  # abs_ clears the sign bit of NaNs too
-    hist, nans = _hist(absd, edges)
-    if nans:  # NaN deltas count as unchanged, like |nan| > atol (max, norms and counts below skip them)
+    # a NaN delta is a changed entry (NaN != NaN) at every tolerance, unless both stored values are the same
+    # bits; its magnitude is left out of the max and the norms (set to 0 here, counted apart)
+    nan_changed = None
+    isnan = torch.isnan(absd)
+    if bool(isnan.any()):
+        if idx is None and bits is not None:
+            isnan &= torch.from_numpy(np.not_equal(tf.view(bits).numpy(), bf.view(bits).numpy()))
+        nan_changed = isnan
         absd.nan_to_num_(nan=0.0, posinf=math.inf)
-    acc.zeros += n - int(np.count_nonzero(absd.numpy()))  # numpy's counts are several times faster here
+    n_nan = int(nan_changed.sum()) if nan_changed is not None else 0
+    acc.nan_changed += n_nan
+    hist, _ = _hist(absd, edges)
+    acc.zeros += n - int(np.count_nonzero(absd.numpy())) - n_nan  # numpy's counts are several times faster
     absb = bv.abs()
     rel = (absd / absb).abs_()  # 0/0 -> NaN (unchanged), x/0 -> inf (changed at every rtol); abs_: NaN sign
     rhist, _ = _hist(rel, edges)
     if idx is not None:  # the entries equal in both sit below every edge
         hist[0] += n - len(idx)
         rhist[0] += n - len(idx)
+    if n_nan:  # NaN deltas: moved from "0" to "above every edge"
+        if nan_changed is not None:
+            rel[nan_changed] = 0.0
+        hist[0] -= n_nan
+        hist[-1] += n_nan
+        rhist[0] -= n_nan
+        rhist[-1] += n_nan
     acc.abs_hist += hist
     acc.rel_hist += rhist
-    ch = (absd > atol).numpy()
+    changed = absd > atol
+    if n_nan:
+        changed |= nan_changed
+    ch = changed.numpy()
     acc.changed += int(np.count_nonzero(ch))
     if rtol is not None:
-        acc.changed_rtol += int(np.count_nonzero((absd > rtol * absb).numpy()))
+        changed_rtol = absd > rtol * absb
+        if n_nan:
+            changed_rtol |= nan_changed
+        acc.changed_rtol += int(np.count_nonzero(changed_rtol.numpy()))
     if absd.numel():
         acc.max_abs = max(acc.max_abs, float(absd.max()))
         acc.delta_sq += float(torch.dot(absd, absd))
     full = bf if bf.dtype == compute else (bv if idx is None else bf.to(compute))
-    acc.base_sq += float(torch.dot(full, full))
+    base_sq = float(torch.dot(full, full))
+    if math.isnan(base_sq):  # NaNs in the base are left out of its norm
+        full = full.nan_to_num(nan=0.0)
+        base_sq = float(torch.dot(full, full))
+    acc.base_sq += base_sq
     if acc.cols is not None:
         if idx is None:  # chunks of 2-D tensors hold whole rows (see _tensor_stats)
             ch2 = ch.reshape(-1, acc.cols)
@@ -441,9 +522,12 @@ def _chunk_stats(acc: _Acc, bf, tf, start, compute, atol, rtol, edges):
             acc.mask_parts.append(m)
 
 
-def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None):
-    """Stream one tensor pair in chunks; returns (row dict, stats dict, packed mask or None)."""
-    dtype = getattr(torch, rb.meta[name][1])
+def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, chunk=None, tname=None, bname=None):
+    """Stream one tensor pair in chunks (``bname``/``tname``: its names in ``rb``/``rt`` when a tied tensor is
+    stored under another name); returns (row dict, stats dict, packed mask or None)."""
+    tname = name if tname is None else tname
+    bname = name if bname is None else bname
+    dtype = getattr(torch, rb.meta[bname][1])
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     numel = math.prod(shape)
     edges = torch.tensor(TOLERANCE_GRID, dtype=compute)
@@ -458,7 +542,7 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
     delta = torch.empty(numel, dtype=torch.float32) if want_svd else None
     for start in range(0, numel, step):
         stop = min(numel, start + step)
-        bf, tf = rb.read(name, start, stop), rt.read(name, start, stop)
+        bf, tf = rb.read(bname, start, stop), rt.read(tname, start, stop)
         _chunk_stats(acc, bf, tf, start, compute, atol, rtol, edges)
         if want_svd:
             delta[start:stop] = tf.to(compute) - bf.to(compute)
@@ -474,10 +558,14 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
         "atol": atol, "rtol": rtol, "changed_rtol": None, "sparsity_rtol": None,
         "delta_norm": delta_norm, "base_norm": base_norm,
         "rel_update": delta_norm / base_norm if base_norm > 0 else None,
-        "max_abs_delta": acc.max_abs,
+        "max_abs_delta": acc.max_abs, "nan_changed": acc.nan_changed,
         "row_sparsity": None, "col_sparsity": None,
         "rank": None, "rank_tol": None, "rank_max": None, "effective_rank": None,
     }
+    if tname != name:
+        row["tuned_name"] = tname  # the same tied tensor, stored under another name in the tuned checkpoint
+    if bname != name:
+        row["base_name"] = bname   # ... or in the base checkpoint
     if rtol is not None:
         row["changed_rtol"] = acc.changed_rtol
         row["sparsity_rtol"] = 1.0 - acc.changed_rtol / numel if numel else 1.0
@@ -487,6 +575,8 @@ def _tensor_stats(name, rb, rt, shape, atol, rtol, max_rank_numel, keep_mask, ch
         row["row_sparsity"] = int((acc.row_changed == 0).sum()) / shape[0]
         row["col_sparsity"] = int((acc.col_changed == 0).sum()) / shape[1]
         row["rank_max"] = min(shape)
+        if delta is not None and not bool(torch.isfinite(delta).all()):
+            delta = None     # NaN/inf entries: no rank (an SVD of them fails or means nothing)
         if delta is not None:
             s = torch.linalg.svdvals(delta)
             smax = float(s.max())
@@ -754,28 +844,67 @@ class SparsityDiff:
             frame.loc[layer, col] = 1.0 - sum(changed[x] for x in names) / n if n else 1.0
         return frame
 
-    def detail(self, name: str) -> dict:
-        """Drill-down data of one tensor: its row, per-row/column changed counts and the fraction of
-        unchanged entries per row/column at the diff's ``atol`` (None for non-2-D tensors) and the singular
-        values of its update (None when not computed).
+    def detail(self, name: str, atol: float | None = None, rtol: float | None = None) -> dict:
+        """Drill-down data of one tensor at a tolerance (``atol`` or ``rtol``, snapped as in :meth:`sparsity_at`;
+        neither: the diff's ``atol``): its row, ``sparsity`` and ``tolerance`` (``{"atol": edge}`` or
+        ``{"rtol": edge}``), per-row/column changed counts and the fraction of unchanged entries per row/column
+        (None for non-2-D tensors) and the singular values of its update (None when not computed).
+
+        Row/column counts are cached at the diff's ``atol``; at another ``atol`` they are recounted from the
+        two checkpoints when the diff was made from files that are still there and unchanged (one tensor pair
+        is read), else, and for ``rtol``, they stay at the diff's ``atol``. ``rows_atol`` says which ``atol``
+        they are at.
 
         >>> import torch
         >>> d = diff_checkpoints({"w": torch.zeros(2, 3)}, {"w": torch.tensor([[0., 1., 1.], [0., 0., 0.]])})
         >>> x = d.detail("w")
         >>> x["row_changed"].tolist(), x["col_sparsity"].tolist(), [round(float(v), 4) for v in x["svals"]]
         ([2, 0], [1.0, 0.5, 0.5], [1.4142, 0.0])
+        >>> x = d.detail("w", atol=3)              # nothing moved by more than 3 (in-memory: rows stay at 1e-05)
+        >>> x["sparsity"], x["tolerance"], x["rows_atol"], x["row_changed"].tolist()
+        (1.0, {'atol': 3.164062261581421}, 1e-05, [2, 0])
         """
         self._need_stats()
         rows = {t["name"]: t for t in self.tensors}
         if name not in rows:
             raise ValueError(f"no tensor {name!r} in this diff; names are e.g. {list(rows)[:5]}")
         t, s = rows[name], self.stats[name]
-        out = {"row": t, "row_changed": s["row_changed"], "col_changed": s["col_changed"],
-               "row_sparsity": None, "col_sparsity": None, "svals": s["svals"]}
-        if s["row_changed"] is not None:
-            out["row_sparsity"] = 1.0 - s["row_changed"] / t["shape"][1]
-            out["col_sparsity"] = 1.0 - s["col_changed"] / t["shape"][0]
+        changed, which, edge = self._changed_at(atol, rtol)
+        row_changed, col_changed, rows_atol = s["row_changed"], s["col_changed"], self.atol
+        if which == "atol" and edge != self.atol and row_changed is not None:
+            recount = self._recount_rows(t, edge, changed[name])
+            if recount is not None:
+                row_changed, col_changed, rows_atol = recount[0], recount[1], edge
+        out = {"row": t, "sparsity": 1.0 - changed[name] / t["numel"] if t["numel"] else 1.0,
+               "tolerance": {which: edge}, "rows_atol": rows_atol, "row_changed": row_changed,
+               "col_changed": col_changed, "row_sparsity": None, "col_sparsity": None, "svals": s["svals"]}
+        if row_changed is not None:
+            out["row_sparsity"] = 1.0 - row_changed / t["shape"][1]
+            out["col_sparsity"] = 1.0 - col_changed / t["shape"][0]
         return out
+
+    def _recount_rows(self, t: dict, atol: float, expected: int):
+        """Per-row/column changed counts of tensor row ``t`` at ``atol``, re-read from the diff's checkpoint
+        files; None when they are not files any more, or no longer hold what was diffed."""
+        base, tuned = self.meta.get("base"), self.meta.get("tuned")
+        if not (isinstance(base, str) and isinstance(tuned, str) and os.path.exists(base) and os.path.exists(tuned)):
+            return None
+        name, shape = t["name"], tuple(t["shape"])
+        bname, tname = t.get("base_name", name), t.get("tuned_name", name)
+        try:
+            rb, rt = _open(base, "base"), _open(tuned, "tuned")
+        except (ValueError, OSError):
+            return None
+        try:
+            if rb.meta.get(bname) != (shape, t["dtype"]) or rt.meta.get(tname) != (shape, t["dtype"]):
+                return None
+            _, st, _ = _tensor_stats(name, rb, rt, shape, float(atol), None, 0, False, tname=tname, bname=bname)
+        finally:
+            rb.release()
+            rt.release()
+        if int(st["row_changed"].sum()) != expected:  # the files changed since the diff was made
+            return None
+        return st["row_changed"], st["col_changed"]
 
     def to_dict(self) -> dict:
         out = {"format": _FORMAT, "overall": dict(self.overall), "tensors": self.tensors,
@@ -842,7 +971,20 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
     only_b = sorted(set(rb.meta) - set(rt.meta))
     only_t = sorted(set(rt.meta) - set(rb.meta))
     common = set(rb.meta) & set(rt.meta)
-    bad = sorted(n for n in common if rb.meta[n] != rt.meta[n])
+    pairs = {n: (n, n) for n in common}   # row name -> (name in base, name in tuned)
+    btied, ttied = (_ties(rb), _ties(rt)) if (only_b or only_t) else ({}, {})
+    for nb, nt in _tied_pairs(btied, ttied, only_b, only_t):  # one tied tensor, kept under another name
+        only_b.remove(nb)
+        only_t.remove(nt)
+        pairs[nb] = (nb, nt)
+    # a tensor tied on one side and stored twice on the other (e.g. a fine-tune that untied its head)
+    for nt in [n for n in only_t if btied.get(n) in rb.meta]:
+        only_t.remove(nt)
+        pairs[nt] = (btied[nt], nt)
+    for nb in [n for n in only_b if ttied.get(n) in rt.meta]:
+        only_b.remove(nb)
+        pairs[nb] = (nb, ttied[nb])
+    bad = sorted(n for n, (b, t) in pairs.items() if rb.meta[b] != rt.meta[t])
     skipped = only_b + only_t + bad
     if skipped and not intersect:
         lines = []
@@ -851,23 +993,24 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
         if only_t:
             lines.append(f"only in tuned ({len(only_t)}): {only_t[:10]}")
         for n in bad[:10]:
-            (sb, db), (st, dt) = rb.meta[n], rt.meta[n]
+            (sb, db), (st, dt) = rb.meta[pairs[n][0]], rt.meta[pairs[n][1]]
             lines.append(f"{n}: base {db}{list(sb)} vs tuned {dt}{list(st)}")
         raise ValueError("the checkpoints do not line up:\n  " + "\n  ".join(lines) +
                          "\npass intersect=True (CLI: --intersect) to compare only the tensors in both with "
                          "the same shape and dtype, or convert one checkpoint to match the other")
-    names = sorted(set(common) - set(bad), key=lambda n: (rb.group(n), rt.group(n), n))
+    names = sorted(set(pairs) - set(bad), key=lambda n: (rb.group(pairs[n][0]), rt.group(pairs[n][1]), n))
     if not names:
         raise ValueError("the checkpoints share no tensor with the same name, shape and dtype; check that "
                          "both are the same architecture")
     rows, stats, masks = [], {}, ({} if keep_masks else None)
-    total = sum(math.prod(rb.meta[n][0]) for n in names)
+    total = sum(math.prod(rb.meta[pairs[n][0]][0]) for n in names)
     show = total > (1 << 27) if progress is None else bool(progress)
     bar = tqdm(total=total, unit="entries", unit_scale=True, desc="diff", disable=not show)
     try:
         for name in names:
-            shape = rb.meta[name][0]
-            row, st, mask = _tensor_stats(name, rb, rt, shape, float(atol), rtol, max_rank_numel, keep_masks)
+            bname, tname = pairs[name]
+            row, st, mask = _tensor_stats(name, rb, rt, rb.meta[bname][0], float(atol), rtol, max_rank_numel,
+                                          keep_masks, tname=tname, bname=bname)
             rows.append(row)
             stats[name] = st
             if keep_masks:
@@ -877,6 +1020,12 @@ def diff_checkpoints(base, tuned, atol: float = 1e-5, rtol: float | None = None,
         bar.close()
         rb.release()
         rt.release()
+    nan_rows = [r for r in rows if r["nan_changed"]]
+    if nan_rows:
+        warnings.warn(f"{sum(r['nan_changed'] for r in nan_rows):,} entries in {len(nan_rows)} tensors "
+                      f"(e.g. {nan_rows[0]['name']!r}) are NaN in one checkpoint but not the other; they count "
+                      "as changed at every tolerance and are left out of the norms and ranks - check the "
+                      "fine-tune for divergence", RuntimeWarning, stacklevel=2)
     return SparsityDiff(rows, float(atol), rtol, masks, skipped,
                         {"base": _describe(base), "tuned": _describe(tuned)}, stats)
 
