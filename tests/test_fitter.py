@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import html
+import json
+import os
 
 import numpy as np
 import pytest
@@ -191,3 +193,55 @@ def test_live_view_says_why_there_is_no_forecast_yet():
     assert f.fitted is None
     assert "no forecast yet: fit needs 5 points after warmup (step 100); 0 so far" in f.message.value
     assert all(len(t.x) == 0 for t in f.figure.data[1:])          # no band, no law curve
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "runs")
+
+
+def _truth():
+    with open(os.path.join(FIXTURES, "truth.json")) as fh:
+        return json.load(fh)
+
+
+def test_add_a_users_runs_by_path_from_the_text_boxes():
+    """HF output folder (fit), one run of a nested TensorBoard logdir (held out), a Lightning
+    metrics.csv folder (fit): each read with read_curve, drawn, fitted or scored as chosen."""
+    truth = _truth()
+    f = CurveFitter([read_curve(os.path.join(FIXTURES, "hf_output"))], autofit=False)
+    f.path_text.value = os.path.join(FIXTURES, "tensorboard")
+    f.run_text.value = "exp1/seed0"
+    f.side.value = "held out"
+    f.add_button.click()
+    f.path_text.value, f.run_text.value, f.side.value = os.path.join(FIXTURES, "lightning"), "", "fit"
+    f.add_button.click()
+    names = [c.name for c in f.curves]
+    assert names == ["hf_output", "exp1/seed0", "lightning_logs/version_0"], f.message.value
+    assert "added lightning_logs/version_0" in f.message.value and "step key" in f.message.value
+    for c, key in zip(f.curves, ("hf_output", "tensorboard/exp1/seed0", "lightning")):
+        assert c.steps.tolist() == truth[key]["steps"]
+        np.testing.assert_allclose(c.losses, truth[key]["losses"], rtol=1e-6)
+    assert [cb.value for cb in f.checkboxes.values()] == [True, False, True]
+    assert len(f.figure.data) == 3 * TRACES_PER_CURVE
+    assert f.fitted.info["curves"] == ["hf_output", "lightning_logs/version_0"]   # fitted on the ticked ones
+    assert set(f.scores) == set(names)                                         # the held-out one scored
+    _check_figure(f)
+    _check_metrics(f)
+    assert _traces(f, 1)[3].name.startswith("exp1/seed0 (law, held out")
+
+
+def test_add_path_bad_input_is_one_line_and_adds_nothing(tmp_path, runs):
+    f = CurveFitter([runs["constant"]], autofit=False)
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\x00\x01\x02 not a log")
+    cases = [("", None, "type the path"), (str(tmp_path / "missing"), None, "does not exist"),
+             (os.path.join(FIXTURES, "tensorboard"), None, "exp1/seed0"),          # several runs: lists them
+             (os.path.join(FIXTURES, "tensorboard"), "nope", "no run 'nope'"), (str(garbage), None, "garbage.csv")]
+    for path, run, says in cases:
+        f.path_text.value, f.run_text.value = path, run or ""
+        f.add_button.click()
+        assert says in html.unescape(f.message.value), (path, f.message.value)
+        assert "<br>" not in f.message.value and "Traceback" not in f.message.value
+        assert [c.name for c in f.curves] == ["constant"]
+    live = CurveFitter.live(LiveFit(schedules.cosine(peak_lr=1e-3, total_steps=100), law="annealing"))
+    with pytest.raises(ValueError, match="LiveFit"):
+        live.add_path(assets.run_dir("cosine"))

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import html
 import time
+import warnings
 from typing import Sequence
 
 import ipywidgets as W
 import plotly.graph_objects as go
 
 from workbench import laws, plots, schedules
-from workbench.curves import LossCurve, read_curves
+from workbench.curves import LossCurve, describe_choices, read_curve, read_curves
 from workbench.livefit import LEVEL, forecast
 
 __all__ = ["CurveFitter"]
@@ -89,11 +90,21 @@ class CurveFitter(W.VBox):
         self.params_html = W.HTML()
         self.warnings_html = W.HTML()        # the fit's warnings (FittedLaw.warnings), in plain words
         self.metrics_html = W.HTML()
+        # a user's own run: a file or folder read with workbench.curves.read_curve (add_path)
+        self.path_text = W.Text(placeholder="your run: HF output folder, TensorBoard logdir, W&B export, "
+                                "metrics.csv, log.jsonl", layout=W.Layout(width="420px"))
+        self.run_text = W.Text(placeholder="run (if the folder holds several)", layout=W.Layout(width="220px"))
+        self.side = W.ToggleButtons(options=["fit", "held out"], value="fit", layout=W.Layout(width="auto"),
+                                    style=dict(button_width="70px"), tooltip="fit on it, or only score it")
+        self.add_button = W.Button(description="add", icon="plus", tooltip="read the run and add its curve",
+                                   layout=W.Layout(width="80px"))
+        self.add_button.on_click(lambda _: self._on_add())
         self.curves: list[LossCurve] = []
         self._set_curves(curves, fit_on)
         top = W.HBox([self.law, self.fit_button, self.message])
+        add = W.HBox([self.path_text, self.run_text, self.side, self.add_button])
         tables = W.HBox([self.params_html, self.metrics_html], layout=W.Layout(gap="30px"))
-        super().__init__([top, self.warnings_html, W.HTML("<b>fit on</b> (unticked: held out, only scored)"),
+        super().__init__([top, add, self.warnings_html, W.HTML("<b>fit on</b> (unticked: held out, only scored)"),
                           self.boxes, self.figure, tables])
         if autofit and any(cb.value for cb in self.checkboxes.values()):
             self._on_fit()
@@ -129,6 +140,43 @@ class CurveFitter(W.VBox):
         fitted = laws.fit(train, law=self.law.value, **self.fit_kwargs)
         self.show_law(fitted)
         return fitted
+
+    def add_path(self, path, run: str | None = None, *, fit: bool = True, **read_kwargs) -> LossCurve:
+        """Read a user's run with :func:`workbench.curves.read_curve` (an HF output folder, a
+        TensorBoard logdir, a W&B export, a Lightning ``metrics.csv``, a run log: the format is
+        detected) and add its curve: ``fit=True`` ticks it (fitted on, and the law is refitted),
+        ``False`` holds it out (only scored). ``run`` chooses one run of a folder holding several;
+        ``read_kwargs`` (``loss_key=``, ``lr_key=``, ``step_key=``, ``step_offset=``, ``schedule=``)
+        go to ``read_curve``. What the "add" button does with the text boxes.
+
+        >>> from workbench import assets
+        >>> from workbench.curves import read_curve
+        >>> f = CurveFitter([read_curve(assets.run_dir("constant"))], autofit=False)
+        >>> f.add_path(assets.run_dir("cosine"), fit=False).name, list(f.checkboxes)
+        ('cosine', ['constant', 'cosine'])
+        """
+        if self.live_fit is not None:
+            raise ValueError("this fitter follows a LiveFit; add runs to a CurveFitter made from curves")
+        return self.add_curve(read_curve(path, run=run, **read_kwargs), fit=fit)
+
+    def add_curve(self, curve: LossCurve, *, fit: bool = True) -> LossCurve:
+        """Add a curve (a unique name is made if taken): ticked and refitted when ``fit``, else held out
+        and scored with the current law. Returns the curve as added."""
+        if not isinstance(curve, LossCurve):
+            raise ValueError(f"add_curve takes a LossCurve, got {type(curve).__name__}; read files with add_path")
+        c = self._unique(curve, {x.name for x in self.curves})
+        self.curves.append(c)
+        cb = W.Checkbox(value=bool(fit), description=c.name, indent=False, layout=W.Layout(width="auto"))
+        self.checkboxes[c.name] = cb
+        self.boxes.children = tuple(self.checkboxes.values())
+        self._add_traces(self.figure, len(self.curves) - 1, c, "fit" if fit else "held out")
+        if fit:
+            self._on_fit()
+        elif self.fitted is not None:
+            self.show_law(self.fitted)
+        else:
+            self._redraw()
+        return c
 
     def show_law(self, fitted: laws.FittedLaw) -> None:
         """Draw a fitted law (from :meth:`fit`, a file, or elsewhere) against the curves and score it."""
@@ -218,17 +266,19 @@ class CurveFitter(W.VBox):
         return idx[idx >= c.warmup]
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _unique(c: LossCurve, taken: set, i: int | None = None) -> LossCurve:
+        """``c``, renamed ``NAME (2)``, ``NAME (3)``, ... if its name is taken (names key boxes and scores)."""
+        base = c.name or f"curve {(i if i is not None else len(taken)) + 1}"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base} ({k})"
+        return c if name == c.name else LossCurve(c.lrs, c.steps, c.losses, name, c.meta, c.warmup_steps)
+
     def _set_curves(self, curves: list[LossCurve], fit_on) -> None:
-        seen: dict[str, int] = {}
-        for i, c in enumerate(curves):                      # unique names: they key boxes and scores
-            name = c.name or f"curve {i + 1}"
-            if name in seen:
-                seen[name] += 1
-                name = f"{name} ({seen[name]})"
-            seen.setdefault(name, 1)
-            if name != c.name:
-                c = LossCurve(c.lrs, c.steps, c.losses, name, c.meta, c.warmup_steps)
-            self.curves.append(c)
+        for i, c in enumerate(curves):
+            self.curves.append(self._unique(c, {x.name for x in self.curves}, i))
         names = [c.name for c in self.curves]
         if fit_on is not None:
             unknown = [n for n in fit_on if n not in names]
@@ -247,19 +297,41 @@ class CurveFitter(W.VBox):
                           xaxis_title="step", yaxis_title="loss", legend=dict(orientation="h", y=-0.15),
                           title="observed (points), law (lines) and its band")
         for i, c in enumerate(self.curves):
-            color = plots.COLORS[i % len(plots.COLORS)]
-            cb = self.checkboxes[c.name]
-            role = "fit" if cb.value else "held out"
-            fig.add_scatter(x=[], y=[], mode="markers", name=f"{c.name} (observed)", showlegend=True,
-                            legendgroup=c.name, marker=dict(color=color, size=5))
-            fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color),
-                            legendgroup=c.name, showlegend=False, hoverinfo="skip", name=f"{c.name} band low")
-            fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color), fill="tonexty", opacity=0.3,
-                            legendgroup=c.name, showlegend=True, hoverinfo="skip",
-                            name=f"{c.name} {self.level:.0%} band")
-            fig.add_scatter(x=[], y=[], mode="lines", name=f"{c.name} (law, {role})", legendgroup=c.name,
-                            showlegend=True, line=dict(color=color, dash="solid" if role == "fit" else "dash"))
+            self._add_traces(fig, i, c, "fit" if self.checkboxes[c.name].value else "held out")
         self.figure = go.FigureWidget(fig)
+
+    def _add_traces(self, fig, i: int, c: LossCurve, role: str) -> None:
+        """Curve ``i``'s four named traces (observed, band low, band high, law), empty until drawn."""
+        color = plots.COLORS[i % len(plots.COLORS)]
+        fig.add_scatter(x=[], y=[], mode="markers", name=f"{c.name} (observed)", showlegend=True,
+                        legendgroup=c.name, marker=dict(color=color, size=5))
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color),
+                        legendgroup=c.name, showlegend=False, hoverinfo="skip", name=f"{c.name} band low")
+        fig.add_scatter(x=[], y=[], mode="lines", line=dict(width=0, color=color), fill="tonexty", opacity=0.3,
+                        legendgroup=c.name, showlegend=True, hoverinfo="skip",
+                        name=f"{c.name} {self.level:.0%} band")
+        fig.add_scatter(x=[], y=[], mode="lines", name=f"{c.name} (law, {role})", legendgroup=c.name,
+                        showlegend=True, line=dict(color=color, dash="solid" if role == "fit" else "dash"))
+
+    def _on_add(self) -> None:
+        """The "add" button: read the typed path; a one-line message, never a traceback."""
+        path, run = self.path_text.value.strip(), self.run_text.value.strip() or None
+        if not path:
+            self.message.value = "<span style='color:#c00'>type the path of a run's log file or folder first</span>"
+            return
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                c = self.add_path(path, run=run, fit=self.side.value == "fit")
+        except (ValueError, OSError) as exc:
+            self.message.value = f"<span style='color:#c00'>{html.escape(str(exc).splitlines()[0])}</span>"
+            return
+        notes = "".join(f"<br><span style='color:#9a6700'>{html.escape(str(w.message))}</span>" for w in caught
+                        if issubclass(w.category, UserWarning))
+        choices = c.meta.get("choices")
+        read = f" ({html.escape(describe_choices(choices))})" if choices else ""
+        fitted = self.message.value if self.side.value == "fit" else ""
+        self.message.value = f"added {html.escape(c.name)}{read}" + (f"<br>{fitted}" if fitted else "") + notes
 
     def _on_fit(self) -> None:
         self.message.value = "<i>fitting...</i>"

@@ -7,6 +7,7 @@ Layout under ``root``::
     fits/NAME.json          fitted loss laws (``FittedLaw.save``)
     selections/NAME.json    exported data selections (indices and the sampler settings)
     diffs/NAME.json         checkpoint diffs (``SparsityDiff.to_json``)
+    uploads/NAME.csv        run logs users uploaded to fit (:meth:`Workspace.save_upload`)
 
 Every write is atomic and nothing is kept only in memory, so restarting the server loses nothing.
 Runs started here train in background threads of this process (:meth:`Workspace.start_run`), at
@@ -47,7 +48,7 @@ from typing import Any
 from . import schedules as _schedules
 from .runlog import read_json, write_json_atomic
 
-__all__ = ["Workspace", "LogTail", "check_name", "default_law", "SOURCES"]
+__all__ = ["Workspace", "LogTail", "check_name", "default_law", "SOURCES", "UPLOAD_MAX_BYTES"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KINDS = ("schedules", "runs", "fits", "selections", "diffs")
@@ -187,6 +188,13 @@ _RUN_LOCK = threading.RLock()
 _TAILS: dict[str, LogTail] = {}    # one incremental reader per run log, for run_status
 _FORBIDDEN = ("{what} is not an allowed checkpoint: choose a run of this workspace or the bundled model, "
               "or a path inside a folder the teacher listed with --data-dir")
+
+
+UPLOADS = "uploads"                # uploaded run logs (Workspace.save_upload)
+UPLOAD_EXTS = (".csv", ".jsonl", ".json")
+UPLOAD_MAX_BYTES = 10 * 2**20      #: the largest uploaded run log (base64 in a websocket message: bokeh allows 20 MB)
+_FORBIDDEN_LOG = ("{what} is not an allowed run log: choose a run of this workspace, an uploaded file, a bundled "
+                  "run (runs/NAME), or a path inside a folder the teacher listed with --data-dir")
 
 
 def _default_max_runs() -> int:
@@ -481,19 +489,84 @@ class Workspace:
     def checkpoint_path(self, typed: str, what: str = "path") -> str:
         """A checkpoint path a user typed, if it lies inside :meth:`allowed_roots` (after resolving
         ``..`` and links); a ValueError that reads the same whether the path exists or not."""
-        text = (typed or "").strip()
-        refused = ValueError(_FORBIDDEN.format(what=what))
-        if not text or "\x00" in text:
-            raise refused
-        p = Path(text)
-        candidates = [p] if p.is_absolute() else [r / p for r in self.allowed_roots()]
-        for c in candidates:
-            try:
-                real = c.resolve()
-            except (OSError, RuntimeError):
-                continue
-            for r in self.allowed_roots():
-                if real == r or r in real.parents:
-                    if real.exists():
-                        return str(real)
+        return _inside(typed, self.allowed_roots(), [], ValueError(_FORBIDDEN.format(what=what)))
+
+    # ------------------------------------------------------------------ users' own run logs
+    def log_roots(self) -> list[Path]:
+        """Folders whose run logs users may read: the workspace's runs and uploads, the bundled assets,
+        ``data_dirs`` (never the rest of the server, nor the workspace's own secret)."""
+        return [self.root / "runs", self.root / UPLOADS, *self.allowed_roots()[1:]]
+
+    def log_path(self, typed: str, what: str = "path") -> str:
+        """A run log file or folder a user typed (to read with :func:`workbench.curves.read_runs`), if
+        it lies inside :meth:`log_roots` after resolving ``..`` and links; a relative path is taken
+        from the workspace (``uploads/x.csv``, ``runs/NAME``) or from each allowed folder
+        (``runs/cosine`` is the bundled run). A ValueError that reads the same whether the path exists
+        or not.
+
+        >>> import tempfile
+        >>> ws = Workspace(tempfile.mkdtemp())
+        >>> ws.log_path("runs/cosine").endswith("assets/runs/cosine")
+        True
+        >>> ws.log_path("/etc/passwd")
+        Traceback (most recent call last):
+        ...
+        ValueError: path is not an allowed run log: choose a run of this workspace, an uploaded file, a bundled run (runs/NAME), or a path inside a folder the teacher listed with --data-dir
+        """
+        return _inside(typed, self.log_roots(), [self.root], ValueError(_FORBIDDEN_LOG.format(what=what)))
+
+    def save_upload(self, filename: str, data: bytes) -> Path:
+        """Keep an uploaded run log (CSV, JSONL or JSON, at most :data:`UPLOAD_MAX_BYTES`) as
+        ``uploads/NAME`` (a checked name, never overwriting: ``NAME-2.csv``, ...), written atomically.
+
+        >>> import tempfile
+        >>> ws = Workspace(tempfile.mkdtemp())
+        >>> ws.save_upload("run.csv", b"step,lr,loss\\n1,1e-3,3.0\\n").name
+        'run.csv'
+        >>> ws.save_upload("run.csv", b"step,lr,loss\\n").name
+        'run-2.csv'
+        """
+        base = os.path.basename(str(filename or "").replace("\\", "/"))
+        stem, ext = os.path.splitext(base)
+        if ext.lower() not in UPLOAD_EXTS:
+            raise ValueError(f"upload {base!r}: only {', '.join(UPLOAD_EXTS)} files are accepted (a CSV or W&B "
+                             f"export, a run log); for a folder (HF output, TensorBoard) ask for it in --data-dir")
+        check_name(stem, "upload name")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise ValueError(f"upload {base!r} is empty; choose the run's log file")
+        if len(data) > UPLOAD_MAX_BYTES:
+            raise ValueError(f"upload {base!r} is {len(data) / 2**20:.1f} MB; at most "
+                             f"{UPLOAD_MAX_BYTES // 2**20} MB (thin the log or ask for it in --data-dir)")
+        folder = self.root / UPLOADS
+        folder.mkdir(exist_ok=True)
+        with _RUN_LOCK:
+            name, i = f"{stem}{ext.lower()}", 2
+            while (folder / name).exists():
+                name, i = f"{stem}-{i}{ext.lower()}", i + 1
+            target = folder / name
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(bytes(data))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        return target
+
+
+def _inside(typed: str, roots: list[Path], bases: list[Path], refused: ValueError) -> str:
+    """``typed`` resolved (``..`` and links) if it exists inside one of ``roots``, else ``refused``;
+    a relative path is tried from each of ``bases`` and ``roots``."""
+    text = (typed or "").strip()
+    if not text or "\x00" in text:
         raise refused
+    p = Path(text)
+    candidates = [p] if p.is_absolute() else [b / p for b in [*bases, *roots]]
+    for c in candidates:
+        try:
+            real = c.resolve()
+        except (OSError, RuntimeError):
+            continue
+        for r in roots:
+            if (real == r or r in real.parents) and real.exists():
+                return str(real)
+    raise refused
