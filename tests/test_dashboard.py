@@ -713,3 +713,105 @@ def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, says):
     assert main(["serve", "--run-dir", str(tmp_path), *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+
+
+RUN_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "runs")
+
+
+def _check_own_run_figure(own):
+    """Observed points after warmup; the law drawn exactly as FittedLaw.predict where it may be shown."""
+    c, f = own.curve, own.fitted
+    obs, law = own.plot.object["data"][0], own.plot.object["data"][-1]
+    keep = c.steps >= c.warmup
+    assert obs["x"] == c.steps[keep].tolist() and obs["y"] == c.losses[keep].tolist()
+    x = np.asarray(law["x"])
+    assert x[0] >= c.warmup and x[-1] == c.total_steps - 1
+    pred = f.predict(c, x)
+    shown = np.array([v is not None for v in law["y"]])
+    impossible = (pred <= 0) | (pred < f.floor)
+    if f.cov is not None:                              # drawn with a band: hidden where it is wider than the loss
+        _m, lo, hi = f.predict_band(c, x, level=0.9)
+        impossible |= (hi - lo) > np.abs(pred)
+    assert shown.any()
+    np.testing.assert_array_equal(~shown, impossible)
+    np.testing.assert_allclose([v for v in law["y"] if v is not None], pred[shown], rtol=1e-12)
+    assert all(v > 0 for v in law["y"] if v is not None)
+
+
+def test_fit_your_own_run_from_a_path_or_an_upload(tmp_path, law_cache):
+    from workbench.widgets.dashboard import Dashboard
+    from workbench.widgets.dashboard_tabs import OwnRunFit
+    from workbench.workspace import UPLOAD_MAX_BYTES
+
+    with open(os.path.join(RUN_FIXTURES, "truth.json")) as fh:
+        truth = json.load(fh)
+    ws = Workspace(tmp_path / "ws", data_dirs=[RUN_FIXTURES])
+    d = Dashboard(ws)
+    own = d.own_run
+    assert isinstance(own, OwnRunFit)
+    # an HF Trainer output folder inside a --data-dir folder, typed as an absolute path
+    own.path.value = os.path.join(RUN_FIXTURES, "hf_output")
+    own.fit_button.clicks += 1
+    assert own.curve is not None, own.status.object
+    assert own.curve.steps.tolist() == truth["hf_output"]["steps"]
+    np.testing.assert_allclose(own.curve.losses, truth["hf_output"]["losses"])
+    assert own.fitted.info["curves"] == ["hf_output"] and "annealing law fitted" in own.status.object
+    _check_own_run_figure(own)
+    # a nested TensorBoard logdir, relative to the --data-dir: several runs, so the user picks one
+    own.path.value = "tensorboard"
+    assert own.fit() is None and "holds 3 runs" in own.status.object
+    assert list(own.run.options) == ["exp1/seed0", "exp1/seed1", "exp2"]
+    own.run.value = "exp1/seed0"
+    assert own.fit().steps.tolist() == truth["tensorboard/exp1/seed0"]["steps"]
+    _check_own_run_figure(own)
+    # an upload (a nanoGPT W&B export, step key 'iter'): kept in uploads/, never overwritten, and fitted
+    data = open(os.path.join(RUN_FIXTURES, "wandb", "nanogpt_history.csv"), "rb").read()
+    assert own.uploaded("nanogpt.csv", data) == "nanogpt.csv"
+    assert own.path.value == "uploads/nanogpt.csv" and (ws.root / "uploads" / "nanogpt.csv").read_bytes() == data
+    assert own.curve.steps.tolist() == truth["wandb"]["steps"]
+    np.testing.assert_allclose(own.curve.losses, truth["wandb"]["losses"])
+    _check_own_run_figure(own)
+    own.upload.filename = "nanogpt.csv"
+    own.upload.value = data                                      # what the FileInput sends
+    assert (ws.root / "uploads" / "nanogpt-2.csv").read_bytes() == data
+    assert own.path.value == "uploads/nanogpt-2.csv" and own.curve.name == "nanogpt-2"
+    # refused uploads: one escaped line each, nothing written
+    for name, body, says in ((XSS + ".csv", data, "not usable as a file name"),
+                             ("run.exe", data, "only .csv, .jsonl, .json"),
+                             ("big.csv", b"x" * (UPLOAD_MAX_BYTES + 1), "at most 10 MB"),
+                             ("empty.csv", b"", "is empty")):
+        assert own.uploaded(name, body) is None
+        assert says in html.unescape(own.status.object) and "<img" not in own.status.object
+        assert "<br>" not in own.status.object
+    garbage = b"\x00\x01 not a log at all"
+    assert own.uploaded("garbage.csv", garbage) is None                # kept, but says why it is no run
+    assert "garbage.csv" in own.status.object and str(ws.root) not in own.status.object
+    assert sorted(p.name for p in (ws.root / "uploads").iterdir()) == ["garbage.csv", "nanogpt-2.csv", "nanogpt.csv"]
+
+
+def test_own_run_paths_only_inside_allowed_folders(tmp_path, law_cache):
+    from workbench.widgets.dashboard_tabs import OwnRunFit
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    log = "step,lr,loss\n" + "".join(f"{t},1e-3,{3.0 - t / 1000:.4f}\n" for t in range(0, 400, 10))
+    (data / "mine.csv").write_text(log)
+    (outside / "secret.csv").write_text(log)
+    (data / "link.csv").symlink_to(outside / "secret.csv")
+    ws = Workspace(tmp_path / "ws", data_dirs=[data])
+    (ws.root / ".server-secret").write_text("s" * 64)
+    own = OwnRunFit(ws)
+    messages = []
+    for typed in ("/etc/passwd", "/etc/nonexistent", str(outside / "secret.csv"), str(outside / "missing.csv"),
+                  str(data / "../outside/secret.csv"), str(data / "link.csv"), "~/.bashrc", "../../../../etc/passwd",
+                  str(ws.root / ".server-secret"), ".server-secret", "", XSS):
+        own.path.value = typed
+        assert own.fit() is None, typed
+        messages.append(own.status.object)
+    assert len(set(messages)) == 1, messages                 # the same words whether the path exists or not
+    assert "not an allowed run log" in messages[0] and "<img" not in messages[0]
+    own.path.value = "mine.csv"                              # relative to a --data-dir folder
+    assert own.fit().name == "mine"
+    own.path.value = "runs/cosine"                           # a bundled run
+    assert own.fit().name == "cosine" and own.forecast.ok

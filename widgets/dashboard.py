@@ -1,7 +1,8 @@
 """The classroom dashboard: ``workbench serve`` - the four tools in one panel app, no notebook needed.
 
 Tabs: **Schedule** (design a schedule, see its predicted loss from the law fitted to real 124M runs
-or to the bundled tiny runs, greyed with the reasons outside the fit's domain, save it), **Training** (start a short run of the tiny model from the page and watch its loss
+or to the bundled tiny runs, greyed with the reasons outside the fit's domain, save it; below it, fit
+the law to your own run: a log file or folder, or an upload), **Training** (start a short run of the tiny model from the page and watch its loss
 with the live loss-law forecast), **Data selection** (angle concentration of a generated task,
 the GAIN sampler's subset highlighted live, export of the chosen indices) and **Sparsity** (diff
 two checkpoints, heatmap of update sparsity at any tolerance, drill-down on a matrix).
@@ -568,8 +569,14 @@ class Dashboard:
         who = "teacher (may stop any run)" if self.admin else (f"user {esc(user)}" if user else "")
         header = pn.pane.HTML(f"<h2 style='margin:4px 0'>workbench</h2><span style='color:#666'>workspace "
                               f"<code>{esc(self.ws.root.name)}</code>{' &middot; ' + who if who else ''}</span>")
-        self.layout = pn.Column(header, pn.Tabs(*[(t, obj.layout) for t, obj in self.tabs], dynamic=False),
-                                sizing_mode="stretch_width")
+        from workbench.widgets.dashboard_tabs import OwnRunFit
+
+        self.own_run = OwnRunFit(self.ws)        # "fit your own run": a section under the schedule designer
+        own = pn.Card(self.own_run.layout, title="Fit your own run (a log file or folder, or upload one)",
+                      collapsed=True, sizing_mode="stretch_width")
+        views = [(t, pn.Column(obj.layout, own, sizing_mode="stretch_width") if obj is self.schedule else obj.layout)
+                 for t, obj in self.tabs]
+        self.layout = pn.Column(header, pn.Tabs(*views, dynamic=False), sizing_mode="stretch_width")
         self._callback = None
 
     def refresh(self) -> None:

@@ -11,6 +11,12 @@
   ``diffs/NAME.json``, and look at it: heatmap of sparsity (layers x matrix types) at any absolute
   or relative tolerance from the cached statistics (:meth:`SparsityDiff.grid`), drill-down on a
   cell (row/column sparsity, singular values: :meth:`SparsityDiff.detail`).
+* :class:`OwnRunFit` (a section of the Schedule tab): fit a loss law to a user's own run - a log
+  file or folder typed as a path (the workspace's runs and uploads, the bundled runs, ``--data-dir``
+  folders: :meth:`Workspace.log_path`) or uploaded (CSV/JSONL/JSON, size-capped, kept as
+  ``uploads/NAME``: :meth:`Workspace.save_upload`) - read with :func:`workbench.curves.read_runs`
+  (HF output folders, TensorBoard logdirs, W&B exports, Lightning ``metrics.csv``, run logs), and
+  draw the law and its prediction through :func:`workbench.livefit.forecast`.
 
 Example:
     >>> import tempfile
@@ -22,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +37,7 @@ import panel as pn
 from workbench.widgets.dashboard import LIMITS, _html_message, _message, bounded, esc
 from workbench.workspace import Workspace
 
-__all__ = ["AnglesTab", "SparsityTab"]
+__all__ = ["AnglesTab", "SparsityTab", "OwnRunFit"]
 
 
 def _layout(fig_height: int, **kw) -> dict:
@@ -353,11 +360,143 @@ class SparsityTab:
             self.select(names[0])
 
 
+# ====================================================================== fit your own run
+class OwnRunFit:
+    """Fit a loss law to a user's own run (a typed path or an upload) and draw its prediction.
+
+    Example:
+        >>> import tempfile
+        >>> from workbench.workspace import Workspace
+        >>> own = OwnRunFit(Workspace(tempfile.mkdtemp()))
+        >>> own.fit("runs/cosine").name                  # the bundled cosine run
+        'cosine'
+        >>> own.forecast.ok, own.fitted.info["curves"]
+        (True, ['cosine'])
+    """
+
+    LAWS = ("annealing", "multipower")
+    FIT_POINTS = 300          # points per curve the fit uses (bounded work per click)
+
+    def __init__(self, ws: Workspace, law: str = "annealing"):
+        from workbench.workspace import UPLOAD_MAX_BYTES
+
+        self.ws = ws
+        self.path = pn.widgets.TextInput(label="your run: a log file or folder",
+                                         placeholder="uploads/x.csv, runs/NAME, or a --data-dir path")
+        self.upload = pn.widgets.FileInput(accept=".csv,.jsonl,.json", multiple=False)
+        self.run = pn.widgets.Select(label="run (a folder with several)", options=[])
+        self.law = pn.widgets.Select(label="loss law", options=list(self.LAWS), value=law)
+        self.fit_button = pn.widgets.Button(label="Fit the law", color="primary")
+        self.status = pn.pane.HTML(_message(f"type a path or upload a CSV / JSONL / JSON log (at most "
+                                            f"{UPLOAD_MAX_BYTES // 2**20} MB); HF output folders, TensorBoard "
+                                            "logdirs, W&B exports and Lightning metrics.csv are read as they are"),
+                                   sizing_mode="stretch_width")
+        self.plot = pn.pane.Plotly({"data": [], "layout": _layout(420)}, sizing_mode="stretch_width", height=430,
+                                   config={"displaylogo": False})
+        self.curve = self.fitted = self.forecast = None
+        self.upload.param.watch(lambda _e: self.uploaded(), "value")
+        self.fit_button.on_click(lambda _e: self.fit())
+        self.layout = pn.Row(pn.Column(self.path, pn.pane.HTML("... or upload one:"), self.upload, self.run,
+                                       self.law, self.fit_button, self.status, width=340),
+                             self.plot, sizing_mode="stretch_width")
+
+    def uploaded(self, filename: str | None = None, data: bytes | None = None):
+        """Keep an upload (default: the FileInput's) as ``uploads/NAME`` and fit it; its name, or None."""
+        filename = self.upload.filename if filename is None else filename
+        data = self.upload.value if data is None else data
+        if not data and not filename:
+            return None
+        try:
+            saved = self.ws.save_upload(filename, data)
+        except (ValueError, OSError) as exc:
+            self.status.object = _message(_no_paths(str(exc), self.ws), "error")
+            return None
+        self.path.value = f"uploads/{saved.name}"
+        self.run.options = []
+        return saved.name if self.fit() is not None else None
+
+    def fit(self, path: str | None = None, run: str | None = None):
+        """Read the run at ``path`` (default: the form; only allowed folders), fit the chosen law to
+        it and draw the observed losses, the law and its band; returns the curve, or None with a
+        one-line message."""
+        from workbench import laws
+        from workbench.curves import describe_choices, read_runs, select_run
+
+        try:
+            if self.law.value not in self.LAWS:
+                raise ValueError(f"loss law must be one of {', '.join(self.LAWS)}")
+            real = self.ws.log_path(self.path.value if path is None else path, "run log path")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                runs = read_runs(real)
+                names = [r.name for r in runs]
+                if names != list(self.run.options):
+                    self.run.options = names
+                want = run if run is not None else self.run.value
+                if want in names:
+                    chosen = runs[names.index(want)]
+                else:
+                    try:
+                        chosen = select_run(runs)          # the only run, or the folder's own log
+                    except ValueError:
+                        raise ValueError(f"this folder holds {len(runs)} runs ({', '.join(names)}): choose one in "
+                                         "the 'run' list") from None
+                curve = chosen.curve()
+                fitted = laws.fit([curve], law=self.law.value, max_points=self.FIT_POINTS)
+        except (ValueError, OSError) as exc:
+            self.status.object = _message(_no_paths(str(exc).splitlines()[0] if str(exc) else repr(exc), self.ws),
+                                          "error")
+            return None
+        self.curve, self.fitted = curve, fitted
+        self.plot.object = self._figure()
+        fc = self.forecast
+        lines = [_message(f"{self.law.value} law fitted to {fitted.info.get('n_points', '?')} points of "
+                          f"{curve.name}: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.params.items()), "ok"),
+                 _message(describe_choices(curve.meta["choices"]))]
+        if fc.final is not None and fc.ok:
+            lines.append(_message(f"predicted loss at step {int(fc.steps[-1])}: {fc.final:.4f} (observed "
+                                  f"{float(curve.losses[-1]):.4f} at step {int(curve.steps[-1])})"))
+        else:
+            lines.append(_message("no trustworthy prediction: " + "; ".join(fc.problems), "warn"))
+        lines += [_message("fit warning: " + w, "warn") for w in fitted.warnings]
+        lines += [_message(_no_paths(str(w.message), self.ws), "warn") for w in caught
+                  if issubclass(w.category, UserWarning)]
+        self.status.object = "<br>".join(lines)
+        return curve
+
+    def _figure(self) -> dict:
+        """Observed losses after warmup, the law over the run's whole schedule and its band (what
+        :func:`workbench.livefit.forecast` allows to be shown; grey and dotted outside the domain)."""
+        from workbench import plots
+        from workbench.livefit import LEVEL, forecast
+        from workbench.widgets.dashboard import MAX_POINTS, OUT_OF_DOMAIN
+
+        c, f = self.curve, self.fitted
+        x = plots.display_steps(c.total_steps, MAX_POINTS)
+        x = x[x >= c.warmup]
+        fc = self.forecast = forecast(f, c, x, band=f.cov is not None)
+        keep = c.steps >= c.warmup
+        data = [dict(type="scatter", x=c.steps[keep].tolist(), y=c.losses[keep].tolist(), mode="markers",
+                     name=f"{c.name} (observed)", marker=dict(color="#ef553b", size=5))]
+        if fc.low is not None and fc.ok:
+            data += [dict(type="scatter", x=x.tolist(), y=fc.shown(fc.high), mode="lines", line=dict(width=0),
+                          showlegend=False, hoverinfo="skip"),
+                     dict(type="scatter", x=x.tolist(), y=fc.shown(fc.low), mode="lines", line=dict(width=0),
+                          fill="tonexty", fillcolor="rgba(99,110,250,0.15)", name=f"{LEVEL:.0%} band",
+                          hoverinfo="skip")]
+        line = dict(color="#636efa") if fc.ok else dict(color=OUT_OF_DOMAIN, dash="dot")
+        data.append(dict(type="scatter", x=x.tolist(), y=fc.shown(), mode="lines", line=line,
+                         name=f"{f.law} law" + ("" if fc.ok else " (outside the fit's domain)")))
+        return {"data": data, "layout": _layout(420, title=f"your run: {c.name}", xaxis_title="step",
+                                                yaxis_title="loss", uirevision="own-run")}
+
+
 def _no_paths(text: str, ws: Workspace) -> str:
     """An error message with the server's folders replaced by their public names (runs/, assets/, data/)."""
     from workbench import assets
 
-    for root, public in ((str(ws.root / "runs"), "runs"), (str(assets.ASSETS_DIR), "assets"),
+    for root, public in ((str(ws.root / "runs"), "runs"), (str(ws.root / "uploads"), "uploads"),
+                         (str(assets.ASSETS_DIR), "assets"),
                          *((str(d), "data") for d in ws.data_dirs)):
         text = text.replace(root, public)
     return text

@@ -86,7 +86,7 @@ import numpy as np
 from workbench.files import atomic_write_text
 from workbench.schedules import Schedule
 
-__all__ = ["LossCurve", "Run", "read_runs", "read_curve", "read_curves", "read_csv", "read_run_log",
+__all__ = ["LossCurve", "Run", "read_runs", "select_run", "read_curve", "read_curves", "read_csv", "read_run_log",
            "read_tensorboard", "read_wandb", "describe_choices", "STEP_KEYS", "LR_KEYS", "VAL_LOSS_KEYS",
            "TRAIN_LOSS_KEYS", "MAX_STEPS"]
 
@@ -826,6 +826,13 @@ def _named(run: Run, name: str) -> Run:
 
 def _has_loss(run: Run) -> bool:
     return any(k in VAL_LOSS_KEYS + TRAIN_LOSS_KEYS for k in run.metrics)
+
+
+def select_run(runs: list[Run], run: str | None = None, path: str = "") -> Run:
+    """The run of ``runs`` (from :func:`read_runs`) that :func:`read_curve` reads: the one named ``run``,
+    else the only one, else the one at the path itself (``"."``: an HF output folder's own log rather
+    than its TensorBoard events); a ValueError naming the runs otherwise."""
+    return _select_run(runs, run, path)
 
 
 def _select_run(runs: list[Run], run: str | None, path: str) -> Run:
