@@ -632,3 +632,31 @@ def test_jupyterlab_curve_fitter_legend_names_every_trace(browser, tmp_path):
     assert set(legend) == expected, legend
     fatal = [e for e in errors if "Uncaught" in e or "page error" in e]
     assert not fatal, fatal
+
+
+def test_dashboard_fits_your_own_run_typed_or_uploaded(browser, dashboard):
+    url, run_dir = dashboard
+    page, errors = _open(browser, url, 1200)
+    _plot(page)
+    plots_before = page.locator(".js-plotly-plot").count()
+    page.get_by_text("Fit your own run").first.click()                  # the collapsed section under the designer
+    field = page.get_by_label("your run: a log file or folder")
+    field.fill(XSS)                                                      # refused, shown as text, never run
+    field.press("Enter")
+    page.get_by_role("button", name="Fit the law").click()
+    page.get_by_text("is not an allowed run log").first.wait_for(timeout=30_000)
+    assert page.evaluate("() => window.__xss") is None
+    field.fill("runs/cosine")                                            # a bundled run
+    field.press("Enter")
+    page.get_by_role("button", name="Fit the law").click()
+    page.get_by_text("law fitted to", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text("your run: cosine").first.wait_for(timeout=30_000)   # the plot's title
+    assert page.locator(".js-plotly-plot").count() == plots_before + 1
+    # an upload through the FileInput: kept in the workspace's uploads/ and fitted
+    csv = ROOT / "tests" / "fixtures" / "runs" / "wandb" / "nanogpt_history.csv"
+    page.locator("input[type=file]").first.set_input_files(str(csv))
+    page.get_by_text("your run: nanogpt_history").first.wait_for(timeout=60_000)
+    assert (Path(run_dir) / "uploads" / "nanogpt_history.csv").read_bytes() == csv.read_bytes()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-own-run.png"), full_page=True)
+    page.close()
+    assert not errors, errors

@@ -393,12 +393,14 @@ class OwnRunFit:
                                    sizing_mode="stretch_width")
         self.plot = pn.pane.Plotly({"data": [], "layout": _layout(420)}, sizing_mode="stretch_width", height=430,
                                    config={"displaylogo": False})
+        # the plot joins the page with the first fit (the other tabs' plots keep their place on the page)
+        self.plot_area = pn.Column(sizing_mode="stretch_width")
         self.curve = self.fitted = self.forecast = None
         self.upload.param.watch(lambda _e: self.uploaded(), "value")
         self.fit_button.on_click(lambda _e: self.fit())
         self.layout = pn.Row(pn.Column(self.path, pn.pane.HTML("... or upload one:"), self.upload, self.run,
                                        self.law, self.fit_button, self.status, width=340),
-                             self.plot, sizing_mode="stretch_width")
+                             self.plot_area, sizing_mode="stretch_width")
 
     def uploaded(self, filename: str | None = None, data: bytes | None = None):
         """Keep an upload (default: the FileInput's) as ``uploads/NAME`` and fit it; its name, or None."""
@@ -449,6 +451,8 @@ class OwnRunFit:
             return None
         self.curve, self.fitted = curve, fitted
         self.plot.object = self._figure()
+        if not self.plot_area.objects:
+            self.plot_area.append(self.plot)
         fc = self.forecast
         lines = [_message(f"{self.law.value} law fitted to {fitted.info.get('n_points', '?')} points of "
                           f"{curve.name}: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.params.items()), "ok"),
