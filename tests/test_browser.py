@@ -649,7 +649,7 @@ def test_dashboard_fits_your_own_run_typed_or_uploaded(browser, dashboard):
     field.fill("runs/cosine")                                            # a bundled run
     field.press("Enter")
     page.get_by_role("button", name="Fit the law").click()
-    page.get_by_text("law fitted to", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text("points of cosine", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("your run: cosine").first.wait_for(timeout=30_000)   # the plot's title
     assert page.locator(".js-plotly-plot").count() == plots_before + 1
     # an upload through the FileInput: kept in the workspace's uploads/ and fitted
