@@ -16,8 +16,9 @@ Safe for a classroom (``workbench serve --address 0.0.0.0``): a token is needed 
 URL, like JupyterLab), websocket origins are checked (:mod:`workbench.widgets.dashboard_server`),
 every number a page sends is bounded here on the server (:data:`LIMITS`), at most ``--max-runs``
 runs train at once (the others queue, and show their place), a run can be stopped or resumed only
-by the browser that started it or the teacher (``--admin``), the Sparsity tab reads only workspace
-runs, bundled assets and ``--data-dir`` folders, and every user string shown is escaped by
+by the browser that started it or the teacher (``--admin``), the Sparsity tab and "Fit your own run"
+read only workspace runs (and uploads, size-capped, under checked names), bundled assets and
+``--data-dir`` folders, and every user string shown is escaped by
 :func:`esc`.
 
 Start it with ``workbench serve [--port P] [--run-dir DIR]`` (localhost) or

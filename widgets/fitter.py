@@ -3,7 +3,8 @@
 A thin view over :mod:`workbench.laws` and :mod:`workbench.curves`: the fit is
 :func:`workbench.laws.fit`, the drawn curves and bands are :meth:`FittedLaw.predict_band` at the
 display steps (:func:`workbench.plots.display_steps`), the metrics are :meth:`FittedLaw.score`.
-No maths lives here.
+No maths lives here. A user's own run joins the curves with :meth:`CurveFitter.add_path` (or the path box
+and the "add" button): any format :func:`workbench.curves.read_runs` detects, fitted on or held out.
 
 Example:
     >>> from workbench import assets
