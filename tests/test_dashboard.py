@@ -815,3 +815,27 @@ def test_own_run_paths_only_inside_allowed_folders(tmp_path, law_cache):
     assert own.fit().name == "mine"
     own.path.value = "runs/cosine"                           # a bundled run
     assert own.fit().name == "cosine" and own.forecast.ok
+
+
+def test_schedule_tab_predicts_with_the_law_fitted_to_your_run(tmp_path, law_cache):
+    from workbench.widgets.dashboard import OWN, Dashboard
+
+    d = Dashboard(tmp_path)
+    own, tab = d.own_run, d.schedule
+    assert own.use_button.disabled
+    own.path.value = "runs/cosine"                                  # the bundled cosine run (peak 3e-3, 1000 steps)
+    assert own.fit() is not None
+    own.use_button.clicks += 1
+    assert tab.source.value == OWN and tab.fitted_law() is own.fitted
+    c = tab.controls
+    c["total_steps"].value, c["warmup_steps"].value = 1000, 50
+    trace = tab.plot.object["data"][3]                              # the designed schedule's predicted loss
+    x = np.asarray(trace["x"])
+    pred = own.fitted.predict(tab.current(), x)
+    shown = np.array([v is not None for v in trace["y"]])
+    assert shown.any()
+    np.testing.assert_allclose([v for v in trace["y"] if v is not None], pred[shown], rtol=1e-12)
+    np.testing.assert_array_equal(~shown, (pred <= 0) | (pred < own.fitted.floor))
+    assert "law fitted to your run cosine" in tab.status.object
+    tab.source.value = "124m"                                       # back to the 124M law
+    assert tab.fitted_law() is not own.fitted and "124M" in tab.status.object

@@ -54,6 +54,7 @@ __all__ = ["Dashboard", "ScheduleTab", "TrainingTab", "app", "serve", "lr_option
 
 MAX_POINTS = 1000        # points per drawn curve: plenty for a plot, and half the work of 2000 per redraw
 OUT_OF_DOMAIN = "#9aa5b1"  # grey: a prediction outside the fitted law's domain
+OWN = "own"              # the "predicted by" choice for a law fitted to the user's own run
 FAMILIES = ("cosine", "wsd", "linear", "constant", "inverse_sqrt", "infinite")
 
 #: server-side bounds of every number a page can send (the widgets show the same bounds, but a
@@ -152,6 +153,7 @@ class ScheduleTab:
         self.source = pn.widgets.Select(label="predicted by", options={v: k for k, v in SOURCES.items()},
                                         value=source, visible=predict)
         self.predictor = None
+        self.own_law, self.own_name = None, ""      # a law fitted to the user's own run (use_law)
         self.forecasts: list = []
         self.lr_opts, self.min_opts = lr_options(), lr_options(-7, -1, zero=True)
         c = self.controls = {
@@ -243,7 +245,8 @@ class ScheduleTab:
                 names.append(n)
             except (ValueError, FileNotFoundError) as exc:
                 self.status.object = _message(f"{n}: {exc}", "error")
-        if self.predict and (self.law.value not in ("annealing", "multipower") or self.source.value not in SOURCES):
+        if self.predict and (self.law.value not in ("annealing", "multipower")
+                             or self.source.value not in (*SOURCES, *((OWN,) if self.own_law is not None else ()))):
             self.status.object = _message("choose a loss law and a source from the lists", "error")
             return
         fig = plots.schedule_figure_dict(scheds, names=names, max_points=MAX_POINTS)
@@ -255,6 +258,8 @@ class ScheduleTab:
 
     def fitted_law(self):
         """The law that predicts the loss (the "predicted by" and "loss law" choices)."""
+        if self.source.value == OWN and self.own_law is not None:
+            return self.own_law
         if self.source.value == "tiny":
             return self.ws.law(self.law.value)
         return default_law(self.law.value, source=self.source.value)
@@ -281,10 +286,23 @@ class ScheduleTab:
                 lines.append(_message(f"{who}predicted final loss {fc.final:.4f}"))
             else:
                 lines.append(_message(f"{who}no trustworthy prediction: " + "; ".join(fc.problems), "warn"))
-        about = f"{self.law.value} {SOURCES[self.source.value]}"
+        about = (f"{fitted.law} law fitted to your run {self.own_name}" if self.source.value == OWN
+                 else f"{self.law.value} {SOURCES[self.source.value]}")
         lines.append(_message(f"({about})"))
         lines += [_message("fit warning: " + w, "warn") for w in fitted.warnings]
         return "<br>".join(lines)
+
+    def use_law(self, fitted, name: str) -> None:
+        """Predict with ``fitted`` (a law fitted to the user's own run, ``name``): it becomes the
+        "predicted by" choice "law fitted to your run" and the plot is redrawn."""
+        self.own_law, self.own_name = fitted, str(name)
+        opts = {v: k for k, v in SOURCES.items()}
+        opts[f"law fitted to your run ({self.own_name})"] = OWN
+        self.source.options = opts
+        if self.source.value != OWN:
+            self.source.value = OWN          # its watcher redraws
+        else:
+            self.redraw()
 
     def save(self, name: str | None = None) -> str | None:
         """Save the designed schedule as ``schedules/NAME.json`` in the workspace."""
@@ -572,7 +590,7 @@ class Dashboard:
                               f"<code>{esc(self.ws.root.name)}</code>{' &middot; ' + who if who else ''}</span>")
         from workbench.widgets.dashboard_tabs import OwnRunFit
 
-        self.own_run = OwnRunFit(self.ws)        # "fit your own run": a section under the schedule designer
+        self.own_run = OwnRunFit(self.ws, on_use=self.schedule.use_law)   # a section under the schedule designer
         own = pn.Card(self.own_run.layout, title="Fit your own run (a log file or folder, or upload one)",
                       collapsed=True, sizing_mode="stretch_width")
         views = [(t, pn.Column(obj.layout, own, sizing_mode="stretch_width") if obj is self.schedule else obj.layout)

@@ -377,16 +377,18 @@ class OwnRunFit:
     LAWS = ("annealing", "multipower")
     FIT_POINTS = 300          # points per curve the fit uses (bounded work per click)
 
-    def __init__(self, ws: Workspace, law: str = "annealing"):
+    def __init__(self, ws: Workspace, law: str = "annealing", on_use=None):
         from workbench.workspace import UPLOAD_MAX_BYTES
 
-        self.ws = ws
+        self.ws, self.on_use = ws, on_use      # on_use(fitted, name): the Schedule tab predicts with the fit
         self.path = pn.widgets.TextInput(label="your run: a log file or folder",
                                          placeholder="uploads/x.csv, runs/NAME, or a --data-dir path")
         self.upload = pn.widgets.FileInput(accept=".csv,.jsonl,.json", multiple=False)
         self.run = pn.widgets.Select(label="run (a folder with several)", options=[])
         self.law = pn.widgets.Select(label="loss law", options=list(self.LAWS), value=law)
         self.fit_button = pn.widgets.Button(label="Fit the law", color="primary")
+        self.use_button = pn.widgets.Button(label="Predict the designed schedule with this fit", disabled=True,
+                                            visible=on_use is not None)
         self.status = pn.pane.HTML(_message(f"type a path or upload a CSV / JSONL / JSON log (at most "
                                             f"{UPLOAD_MAX_BYTES // 2**20} MB); HF output folders, TensorBoard "
                                             "logdirs, W&B exports and Lightning metrics.csv are read as they are"),
@@ -398,8 +400,9 @@ class OwnRunFit:
         self.curve = self.fitted = self.forecast = None
         self.upload.param.watch(lambda _e: self.uploaded(), "value")
         self.fit_button.on_click(lambda _e: self.fit())
+        self.use_button.on_click(lambda _e: self.use())
         self.layout = pn.Row(pn.Column(self.path, pn.pane.HTML("... or upload one:"), self.upload, self.run,
-                                       self.law, self.fit_button, self.status, width=340),
+                                       self.law, self.fit_button, self.use_button, self.status, width=340),
                              self.plot_area, sizing_mode="stretch_width")
 
     def uploaded(self, filename: str | None = None, data: bytes | None = None):
@@ -448,11 +451,13 @@ class OwnRunFit:
         except (ValueError, OSError) as exc:
             self.status.object = _message(_no_paths(str(exc).splitlines()[0] if str(exc) else repr(exc), self.ws),
                                           "error")
+            self.use_button.disabled = self.fitted is None
             return None
         self.curve, self.fitted = curve, fitted
         self.plot.object = self._figure()
         if not self.plot_area.objects:
             self.plot_area.append(self.plot)
+        self.use_button.disabled = False
         fc = self.forecast
         lines = [_message(f"{self.law.value} law fitted to {fitted.info.get('n_points', '?')} points of "
                           f"{curve.name}: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.params.items()), "ok"),
@@ -467,6 +472,13 @@ class OwnRunFit:
                   if issubclass(w.category, UserWarning)]
         self.status.object = "<br>".join(lines)
         return curve
+
+    def use(self) -> None:
+        """Hand the last fit to ``on_use`` (the Schedule tab then predicts the designed schedule with it)."""
+        if self.fitted is None or self.on_use is None:
+            self.status.object = _message("fit a run first", "error")
+            return
+        self.on_use(self.fitted, self.curve.name)
 
     def _figure(self) -> dict:
         """Observed losses after warmup, the law over the run's whole schedule and its band (what
