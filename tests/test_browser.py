@@ -652,6 +652,8 @@ def test_dashboard_fits_your_own_run_typed_or_uploaded(browser, dashboard):
     page.get_by_text("points of cosine", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("your run: cosine").first.wait_for(timeout=30_000)   # the plot's title
     assert page.locator(".js-plotly-plot").count() == plots_before + 1
+    page.get_by_role("button", name="Predict the designed schedule with this fit").click()
+    page.get_by_text("(annealing law fitted to your run cosine)").first.wait_for(timeout=30_000)
     # an upload through the FileInput: kept in the workspace's uploads/ and fitted
     csv = ROOT / "tests" / "fixtures" / "runs" / "wandb" / "nanogpt_history.csv"
     page.locator("input[type=file]").first.set_input_files(str(csv))
