@@ -264,11 +264,12 @@ def test_signal_stops_after_the_step_with_a_checkpoint(tmp_path, signame):
         if event["step"] == 2:
             os.kill(os.getpid(), getattr(signal, signame))
 
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     s = train(_config(run, checkpoint_interval=0, checkpoint_minutes=0), train_data=train_blocks,
               val_data=val_blocks, callbacks=[send])
     assert s["status"] == "interrupted" and s["steps"] == 3
     assert torch.load(os.path.join(ckpt.latest_checkpoint(run), ckpt.STATE_FILE), weights_only=True)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before   # handlers restored
 
 
 def test_cli_sigterm_checkpoints_and_prints_one_line(tmp_path):

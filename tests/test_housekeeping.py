@@ -14,7 +14,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def _python(code: str, tmp_path) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    # TRANSFORMERS_OFFLINE too: huggingface_hub reads it as HF_HUB_OFFLINE (.ci/run sets all three)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"), WORKBENCH_CACHE=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)

@@ -1077,5 +1077,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _exit_after_distributed(code: int) -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1), leave without running C++ destructors: gloo's worker threads can
+    abort the process at interpreter teardown ("terminate called without an active exception", SIGABRT)
+    after everything was written. The run's files are closed and fsynced by then; flush stdio and go."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    _code = main()
+    _exit_after_distributed(_code)
+    sys.exit(_code)

@@ -118,14 +118,19 @@ def _find_files(path: Path) -> list[Path]:
     return files
 
 
-def _file_source(path: Path, text_column: str, cache_dir) -> _Source:
+def data_files(path: Path) -> tuple[list[Path], str, list]:
+    """The data files under ``path``, their ``datasets`` builder (one format only) and their stats."""
     files = _find_files(path)
     builders = {_BUILDERS[f.suffix.lower()] for f in files}
     if len(builders) > 1:
         raise ValueError(f"{str(path)!r} mixes data formats {sorted(builders)}; put files of one "
                          "format (text, json/jsonl, csv or parquet) in a directory")
-    builder = builders.pop()
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return files, builders.pop(), stats
+
+
+def _file_source(path: Path, text_column: str, cache_dir) -> _Source:
+    files, builder, stats = data_files(path)
     fingerprint = f"files|{builder}|{text_column}|v{corpora.CORPUS_VERSION}|{stats}"
     loaded = {}
 

@@ -94,7 +94,9 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _parts(data, text_column: str, cache: Path) -> tuple[list[tuple[str | None, Any]], str, str]:
     """``[(split or None for the hash rule, Dataset)]``, a label and a fingerprint of the source."""
-    from .blocks import _BUILDERS, _find_files, _import_datasets, _VAL_SPLIT_NAMES
+    from workbench import hf_offline
+
+    from .blocks import _VAL_SPLIT_NAMES, _import_datasets, data_files
 
     datasets = _import_datasets()
     if isinstance(data, str) and data in corpora.list_corpora():
@@ -108,18 +110,14 @@ def _parts(data, text_column: str, cache: Path) -> tuple[list[tuple[str | None, 
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
         if _is_saved_dataset(path):
-            data = datasets.load_from_disk(str(path))
+            with hf_offline():
+                data = datasets.load_from_disk(str(path))
         else:
-            files = _find_files(path)
-            builders = {_BUILDERS[f.suffix.lower()] for f in files}
-            if len(builders) > 1:
-                raise ValueError(f"{str(path)!r} mixes data formats {sorted(builders)}; put files of one "
-                                 "format (text, json/jsonl, csv or parquet) in a directory")
-            builder = builders.pop()
+            files, builder, stats = data_files(path)
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
-                                       cache_dir=str(cache / "load"), **kwargs)
-            stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+            with hf_offline():           # local files: never ask the Hub
+                ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                           cache_dir=str(cache / "load"), **kwargs)
             return [(None, ds)], path.stem or path.name, f"files|{builder}|{text_column}|{stats}"
     if isinstance(data, datasets.DatasetDict):
         val_key = next((k for k in _VAL_SPLIT_NAMES if k in data), None)
