@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from workbench import schedules
 from workbench.cli import main
 from workbench.data import BlockLoader, load_blocks
 from workbench.data.shards import FeistelPermutation, TokenBlocks, prepare_shards, read_manifest
@@ -108,7 +109,8 @@ def test_training_from_prepared_data_resumes_exactly(prepared, tmp_path):
     from workbench.train import TrainConfig, resume, train
 
     _, out = prepared
-    kw = dict(model="tiny", data=str(out), steps=6, lr=3e-3, schedule="constant", batch_size=2, seq_len=32, eval_interval=3,
+    kw = dict(model="tiny", data=str(out), steps=6, lr=3e-3, schedule=schedules.constant(peak_lr=3e-3, total_steps=6),
+              batch_size=2, seq_len=32, eval_interval=3,
               eval_batches=2, progress=False, track_update_norm=False, checkpoint_interval=3)
     full = train(TrainConfig(run_dir=str(tmp_path / "full"), **kw))
     part = TrainConfig(run_dir=str(tmp_path / "part"), **{**kw, "steps": 3})

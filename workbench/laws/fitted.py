@@ -122,7 +122,8 @@ class FittedLaw:
             raise ValueError("this fit has no calibration (fit it with two or more curves); use method='laplace'")
         safe = np.maximum(pred, 1e-12)
         rel = np.sqrt((sd / safe) ** 2 + float(calib["scale"]) ** 2)
-        return pred, safe * np.exp(-z * rel), safe * np.exp(z * rel)
+        span = np.minimum(z * rel, 700.0)      # a hopeless band is astronomically wide, not an overflow warning
+        return pred, safe * np.exp(-span), safe * np.exp(span)
 
     def predict_band(self, schedule_or_lrs, steps=None, *, level: float = 0.95, method: str | None = None,
                      warmup_steps: int | None = None):
