@@ -10,16 +10,8 @@ import tracemalloc
 
 from _machine import describe
 from workbench.curves import read_runs
-from workbench.tfevents import encode_scalar_event, frame
+from workbench.tfevents import encode_scalar_event, encode_varint as _varint, frame
 
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def write_files(d):

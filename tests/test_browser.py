@@ -234,13 +234,12 @@ _ERRORS = ("() => { " + _CELLS + " const out = []; for (let i = 0; i < cells.len
            " if (x.output_type === 'error') out.push(`cell ${i}: ${x.ename}: ${x.evalue}`); } } return out; }")
 
 
-def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
-    nb_dir = tmp_path / "nb"
-    nb_dir.mkdir()
-    shutil.copy(ROOT / "notebooks" / "01_schedules.ipynb", nb_dir / "01_schedules.ipynb")
+@contextlib.contextmanager
+def _jupyterlab_run_all(browser, tmp_path, nb_dir, notebook: str, log: str):
+    """Serve ``nb_dir`` with JupyterLab, open ``notebook``, run every cell; yields ``(page, errors)`` once all
+    ran (every output rendered: no windowing, no "news" pop-up over the screenshots)."""
     port, token = free_port(), "workbench-test-token"
     env = {k: v for k, v in _jupyter_env(tmp_path).items() if v}
-    # every cell's output rendered (no windowing), no "news" pop-up over the screenshot
     settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
@@ -253,10 +252,10 @@ def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     base = f"http://127.0.0.1:{port}"
-    with server(cmd, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab-server.log", timeout=180, env=env):
+    with server(cmd, f"{base}/api/status?token={token}", ARTIFACTS / log, timeout=180, env=env):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = _console_errors(page)
-        page.goto(f"{base}/lab/tree/01_schedules.ipynb?token={token}", wait_until="domcontentloaded")
+        page.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="domcontentloaded")
         page.wait_for_function("() => window.jupyterapp || window.jupyterlab", timeout=120_000)
         # wait for the notebook's kernel, then run every cell
         page.wait_for_selector(".jp-Notebook", timeout=120_000)
@@ -266,8 +265,17 @@ def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
             " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
             timeout=120_000)
         page.evaluate("() => (window.jupyterapp || window.jupyterlab).commands.execute('notebook:run-all-cells')")
-        # every code cell ran without an error (run-all stops at the first error)
+        # every code cell ran (run-all stops at the first error)
         page.wait_for_function(_ALL_RAN, timeout=300_000)
+        yield page, errors
+
+
+def test_jupyterlab_renders_schedule_designer(browser, tmp_path):
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_schedules.ipynb", nb_dir / "01_schedules.ipynb")
+    with _jupyterlab_run_all(browser, tmp_path, nb_dir, "01_schedules.ipynb",
+                             "jupyterlab-server.log") as (page, errors):
         failed = page.evaluate(_ERRORS)
         assert not failed, failed
         # the ScheduleDesigner (an ipywidgets VBox) holds a FigureWidget: a plotly plot inside the
@@ -594,33 +602,7 @@ def test_jupyterlab_curve_fitter_legend_names_every_trace(browser, tmp_path):
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, nb_dir / "fitter.ipynb")
-    port, token = free_port(), "workbench-test-token"
-    env = {k: v for k, v in _jupyter_env(tmp_path).items() if v}
-    settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
-    (tmp_path / "config" / "labconfig").mkdir(parents=True)
-    (tmp_path / "config" / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-           f"--ServerApp.token={token}", f"--ServerApp.root_dir={nb_dir}", "--LabApp.expose_app_in_browser=True",
-           "--ServerApp.disable_check_xsrf=True", "--LabServerApp.open_browser=False"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")
-    base = f"http://127.0.0.1:{port}"
-    with server(cmd, f"{base}/api/status?token={token}", ARTIFACTS / "jupyterlab-fitter.log", timeout=180, env=env):
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = _console_errors(page)
-        page.goto(f"{base}/lab/tree/fitter.ipynb?token={token}", wait_until="domcontentloaded")
-        page.wait_for_function("() => window.jupyterapp || window.jupyterlab", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        page.wait_for_function(
-            "() => { const app = window.jupyterapp || window.jupyterlab;"
-            " const w = app.shell.currentWidget; return w && w.sessionContext && w.sessionContext.session"
-            " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
-            timeout=120_000)
-        page.evaluate("() => (window.jupyterapp || window.jupyterlab).commands.execute('notebook:run-all-cells')")
-        page.wait_for_function(_ALL_RAN, timeout=300_000)
+    with _jupyterlab_run_all(browser, tmp_path, nb_dir, "fitter.ipynb", "jupyterlab-fitter.log") as (page, errors):
         assert not page.evaluate(_ERRORS)
         plot = ".widget-vbox .js-plotly-plot"
         page.wait_for_function(f"() => Array.from(document.querySelectorAll('{plot} .legendtext'))"

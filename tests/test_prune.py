@@ -14,11 +14,13 @@ def _batches(n=3, b=2, t=16, vocab=256, seed=0):
     return [torch.randint(0, vocab, (b, t), generator=g) for _ in range(n)]
 
 
-def _capture(model, batches, targets=FLAP_TARGETS):
-    """All inputs of the target modules, stored (the brute force the streaming stats must match)."""
+def _capture(model, batches, targets=FLAP_TARGETS, keep=None):
+    """All inputs of the target modules (or of those ``keep(name, module)`` picks), stored (the brute
+    force the streaming stats must match)."""
+    keep = keep or (lambda name, m: any(name.endswith(t) for t in targets) and hasattr(m, "weight"))
     xs, hooks = {}, []
     for name, m in model.named_modules():
-        if any(name.endswith(t) for t in targets) and hasattr(m, "weight"):
+        if keep(name, m):
             def fn(mod, args, name=name):
                 xs.setdefault(name, []).append(args[0].detach().double().reshape(-1, args[0].shape[-1]))
             hooks.append(m.register_forward_pre_hook(fn))
@@ -211,18 +213,7 @@ def test_retraining_with_the_trainer():
 
 # ------------------------------------------------------------------ Wanda: sequential calibration
 def _linear_inputs(model, prefix, batches):
-    xs, hooks = {}, []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and name.startswith(prefix):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, args, name=name: xs.setdefault(name, []).append(args[0].detach().double()
-                                                                          .reshape(-1, mod.in_features))))
-    with torch.no_grad():
-        for b in batches:
-            model(b)
-    for h in hooks:
-        h.remove()
-    return {k: torch.cat(v) for k, v in xs.items()}
+    return _capture(model, batches, keep=lambda name, m: isinstance(m, nn.Linear) and name.startswith(prefix))
 
 
 def _wanda_by_hand(model, prefix, batches, sparsity):

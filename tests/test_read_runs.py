@@ -14,7 +14,7 @@ import pytest
 
 from workbench import cli, curves
 from workbench.curves import read_curve, read_runs
-from workbench.tfevents import encode_scalar_event, frame, scalars
+from workbench.tfevents import encode_scalar_event, encode_varint as _varint, frame, scalars
 
 RUNS = os.path.join(os.path.dirname(__file__), "fixtures", "runs")
 TRUTH = json.load(open(os.path.join(RUNS, "truth.json")))
@@ -220,14 +220,6 @@ def test_tensorboard_partial_last_record_is_skipped(tmp_path):
             got = [s[1:] for s in scalars(p)]
         assert got == [("loss", t, pytest.approx(3.0 - t / 100)) for t in range(10)]
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def test_tensorboard_100mb_file_streams(tmp_path):

@@ -25,7 +25,7 @@ import struct
 import warnings
 from typing import Iterator
 
-__all__ = ["scalars", "masked_crc", "frame", "encode_scalar_event"]
+__all__ = ["scalars", "masked_crc", "frame", "encode_scalar_event", "encode_varint"]
 
 
 def _crc32c_table() -> list[int]:
@@ -191,7 +191,8 @@ def scalars(path: str | os.PathLike) -> Iterator[tuple[str, str, int, float]]:
 
 
 # --------------------------------------------------------------------------- writing (tests, fixtures)
-def _enc_varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (7 bits a byte, low first)."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -202,14 +203,14 @@ def _enc_varint(n: int) -> bytes:
 
 
 def _enc_field(num: int, wire: int, payload: bytes) -> bytes:
-    key = _enc_varint((num << 3) | wire)
-    return key + _enc_varint(len(payload)) + payload if wire == 2 else key + payload
+    key = encode_varint((num << 3) | wire)
+    return key + encode_varint(len(payload)) + payload if wire == 2 else key + payload
 
 
 def encode_scalar_event(step: int, tag: str, value: float, wall_time: float = 1.7e9) -> bytes:
     """An Event protobuf holding one ``simple_value`` scalar (what ``add_scalar`` writes)."""
     val = _enc_field(1, 2, tag.encode()) + _enc_field(2, 5, struct.pack("<f", value))
-    return (_enc_field(1, 1, struct.pack("<d", wall_time)) + _enc_field(2, 0, _enc_varint(step))
+    return (_enc_field(1, 1, struct.pack("<d", wall_time)) + _enc_field(2, 0, encode_varint(step))
             + _enc_field(5, 2, _enc_field(1, 2, val)))
 
 
